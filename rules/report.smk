@@ -1,0 +1,14 @@
+rule report:
+    input:
+        unpack(report_inputs),
+    output:
+        report=f"{RES}/{PLAN.name}/report.md",
+        leaderboard=f"{RES}/{PLAN.name}/leaderboard.csv",
+        config=f"{RES}/{PLAN.name}/config.json",
+    params:
+        spec=stage_spec("report", extra=report_extra()),
+    log:
+        f"{RES}/logs/report/{PLAN.name}.log",
+    threads: 1
+    shell:
+        "python -m axflow.stage {params.spec:q} > {log:q} 2>&1"

@@ -1,0 +1,52 @@
+"""`axflow` command: run the workflow with Hydra overrides, or check the environment.
+
+axflow run model.layer=20 'method=[diffmean,probe]' --cores 2
+axflow config judge=openai          # print the composed, validated config
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+
+from axflow.config import REPO_ROOT, ConfigError, compose
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="axflow", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    run = sub.add_parser("run", help="run the benchmark DAG (snakemake) with Hydra overrides")
+    run.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model.layer=20")
+    run.add_argument("--cores", default="all")
+    run.add_argument("--dry-run", "-n", action="store_true")
+    show = sub.add_parser("config", help="print the composed config for these overrides")
+    show.add_argument("overrides", nargs="*")
+    args = parser.parse_args(argv)
+    try:
+        cfg = compose(args.overrides)  # fail fast, before snakemake starts
+    except ConfigError as err:
+        print(err, file=sys.stderr)
+        return 2
+    if args.cmd == "config":
+        print(json.dumps(cfg, indent=2))
+        return 0
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--cores",
+        str(args.cores),
+        "--directory",
+        str(REPO_ROOT),
+    ]
+    if args.dry_run:
+        cmd.append("--dry-run")
+    if args.overrides:
+        cmd += ["--config", *args.overrides]
+    return subprocess.call(cmd, cwd=REPO_ROOT)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,439 @@
+"""Loaders for concept lists, seed instruction pools and steering instructions.
+
+Each loader reads a user file (.jsonl, .json, .csv, .parquet; .txt where one text per line makes
+sense) or, given None, the built-in defaults in `builtin/`. It returns a polars DataFrame with the
+documented columns, trimmed text and checked values, or raises `DataError` naming the file, the
+row, the field and the fix. Samplers are deterministic functions of their seed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from axflow.data.validate import GENRES, POOL_SPLITS, DataError, conform, require_columns
+
+BUILTIN_DIR = Path(__file__).resolve().parent / "builtin"
+BUILTIN_CONCEPTS = BUILTIN_DIR / "concepts.jsonl"
+BUILTIN_INSTRUCTIONS = BUILTIN_DIR / "instructions.jsonl"
+BUILTIN_STEERING_INSTRUCTIONS = BUILTIN_DIR / "steering_instructions.jsonl"
+
+SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".txt")
+# Accepted spellings of a field, first match wins: AxBench and Neuronpedia exports use these.
+CONCEPT_ALIASES = ("concept", "description")
+REF_ALIASES = ("ref", "url", "neuronpedia_url", "sae_link")
+INSTRUCTION_ALIASES = ("instruction", "input")
+# Row-location column carried through loading so errors can point at a line; dropped at the end.
+_WHERE = "__where"
+# A Neuronpedia feature URL ends with the SAE feature index: .../<model>/<sae>/<index>.
+_NEURONPEDIA_INDEX = re.compile(r"neuronpedia\.org/[^/]+/[^/]+/(\d+)/?$")
+
+PathLike = str | os.PathLike
+
+
+# --------------------------------------------------------------------------------------------
+# Public loaders
+
+
+def load_concepts(path: PathLike | None = None) -> pl.DataFrame:
+    """Load a concept list as the store.py "concepts" table.
+
+    Columns: concept_id (int64; from the file if it has `concept_id`, else 0..N-1 in file order),
+    concept (non-empty, unique), genre (text/code/math; default text), ref (nullable; from
+    `ref`/`url`/`neuronpedia_url`), sae_id (nullable; from `sae_id`, else the feature index at
+    the end of a Neuronpedia ref). AxBench metadata.jsonl files load too (genre from
+    `concept_genres_map`).
+    """
+    source = Path(path) if path is not None else BUILTIN_CONCEPTS
+    df = read_records(source, text_column="concept", record_hook=_genre_from_genres_map)
+    concept_col = _first_present(df, CONCEPT_ALIASES)
+    if concept_col is None:
+        raise DataError(
+            f"{source}: missing column 'concept' (found {_user_columns(df)}); add a 'concept' "
+            f"(or 'description') column with one concept description per row."
+        )
+    df = df.with_columns(_clean_text(df, concept_col, source, what="concept description"))
+    df = df.rename({concept_col: "concept"}) if concept_col != "concept" else df
+    _reject_duplicates(df, ["concept"], source, what="concept")
+
+    genre = _clean_choice(df, "genre", GENRES, source, default="text")
+    ref_col = _first_present(df, REF_ALIASES)
+    if ref_col is None:
+        ref = pl.Series("ref", [None] * df.height, dtype=pl.String)
+    else:
+        ref = df.get_column(ref_col).cast(pl.String).str.strip_chars().alias("ref")
+        ref = ref.replace({"": None, "null": None, "None": None})
+    sae_id = pl.Series("sae_id", [sae_id_from_ref(r) for r in ref.to_list()], dtype=pl.Int64)
+    if "sae_id" in df.columns:
+        sae_id = _clean_int(df, "sae_id", source, required=False).fill_null(sae_id)
+    if "concept_id" in df.columns:
+        concept_id = _clean_int(df, "concept_id", source, required=True)
+        negative = concept_id < 0
+        if negative.any():
+            row = df.get_column(_WHERE)[int(negative.arg_true()[0])]
+            raise DataError(
+                f"{source}: {row} has a negative 'concept_id'; concept ids must be 0 or more "
+                f"(-1 is reserved for shared negatives)."
+            )
+        _reject_duplicates(df.with_columns(concept_id), ["concept_id"], source, what="concept_id")
+    else:
+        concept_id = pl.Series("concept_id", range(df.height), dtype=pl.Int64)
+
+    out = pl.DataFrame([concept_id, df.get_column("concept"), genre, ref, sae_id])
+    return conform(out, "concepts", str(source))
+
+
+def load_instruction_pool(path: PathLike | None = None) -> pl.DataFrame:
+    """Load seed instructions as a DataFrame[genre, split, instruction].
+
+    genre is text/code/math, split is train/test, instruction is non-empty (`input` is accepted
+    as the column name, as in AxBench's seed_instructions). No instruction appears twice within
+    a genre, so train and test never share an instruction.
+    """
+    source = Path(path) if path is not None else BUILTIN_INSTRUCTIONS
+    df = read_records(source)
+    col = _first_present(df, INSTRUCTION_ALIASES)
+    if col is None:
+        raise DataError(
+            f"{source}: missing column 'instruction' (found {_user_columns(df)}); add an "
+            f"'instruction' column with one seed instruction per row."
+        )
+    for field, allowed in (("genre", GENRES), ("split", POOL_SPLITS)):
+        if field not in df.columns:
+            raise DataError(
+                f"{source}: missing column '{field}' (found {_user_columns(df)}); give every "
+                f"instruction a '{field}', one of {list(allowed)}."
+            )
+    df = df.with_columns(
+        _clean_choice(df, "genre", GENRES, source),
+        _clean_choice(df, "split", POOL_SPLITS, source),
+        _clean_text(df, col, source, what="instruction").alias("instruction"),
+    )
+    _reject_duplicates(df, ["genre", "instruction"], source, what="instruction")
+    return df.select("genre", "split", "instruction")
+
+
+def load_steering_instructions(path: PathLike | None = None) -> pl.DataFrame:
+    """Load AlpacaEval-style steering instructions as DataFrame[instruction], unique, non-empty."""
+    source = Path(path) if path is not None else BUILTIN_STEERING_INSTRUCTIONS
+    df = read_records(source, text_column="instruction")
+    col = _first_present(df, INSTRUCTION_ALIASES)
+    if col is None:
+        raise DataError(
+            f"{source}: missing column 'instruction' (found {_user_columns(df)}); add an "
+            f"'instruction' column with one user instruction per row."
+        )
+    df = df.with_columns(_clean_text(df, col, source, what="instruction").alias("instruction"))
+    _reject_duplicates(df, ["instruction"], source, what="instruction")
+    return df.select("instruction")
+
+
+# --------------------------------------------------------------------------------------------
+# Samplers
+
+
+def sample_steering_prompts(
+    concepts: pl.DataFrame,
+    instructions: pl.DataFrame | Sequence[str],
+    n_per_concept: int,
+    seed: int,
+) -> pl.DataFrame:
+    """Draw `n_per_concept` distinct instructions per concept, as the "steer_prompts" table.
+
+    Each concept's draw uses its own generator seeded by (seed, concept_id), so it does not depend
+    on which other concepts are present (AxBench samples with random_state=concept_id).
+    input_id runs 0..n-1 in draw order; the first ceil(n/2) ids are split "select" (factor
+    selection), the rest "test" (held out).
+    """
+    pool = _instruction_list(instructions)
+    if n_per_concept < 2:
+        raise ValueError(
+            f"n_per_concept must be at least 2 so both the select and test splits get an "
+            f"instruction; got {n_per_concept}."
+        )
+    if len(pool) < n_per_concept:
+        raise DataError(
+            f"steering instructions: the pool has {len(pool)} instruction(s) but "
+            f"n_per_concept={n_per_concept} distinct ones are needed per concept; add "
+            f"instructions to the steering file or lower the number per concept."
+        )
+    require_columns(concepts, ["concept_id"], "sample_steering_prompts (concepts table)")
+    n_select = n_per_concept - n_per_concept // 2
+    rows: dict[str, list[Any]] = {"concept_id": [], "input_id": [], "split": [], "instruction": []}
+    for concept_id in concepts.get_column("concept_id").to_list():
+        rng = np.random.default_rng([seed, concept_id])
+        picks = rng.choice(len(pool), size=n_per_concept, replace=False)
+        for input_id, index in enumerate(picks.tolist()):
+            rows["concept_id"].append(concept_id)
+            rows["input_id"].append(input_id)
+            rows["split"].append("select" if input_id < n_select else "test")
+            rows["instruction"].append(pool[index])
+    df = pl.DataFrame(
+        rows,
+        schema={
+            "concept_id": pl.Int64,
+            "input_id": pl.Int64,
+            "split": pl.String,
+            "instruction": pl.String,
+        },
+    )
+    return conform(df, "steer_prompts", "steering prompts")
+
+
+def split_pool(
+    pool: pl.DataFrame,
+    genre: str,
+    split: str,
+    n: int,
+    seed: int | Sequence[int],
+    exclude: Iterable[str] = (),
+) -> list[str]:
+    """Return `n` distinct instructions of one genre/split, deterministic in `seed`.
+
+    Instructions in `exclude` are never drawn. `seed` may be an int or a sequence of ints such as
+    (seed, concept_id) for an independent stream per concept.
+    """
+    require_columns(pool, ["genre", "split", "instruction"], "instruction pool")
+    if n < 0:
+        raise ValueError(f"n must be 0 or more, got {n}")
+    excluded = set(exclude)
+    subset = pool.filter((pl.col("genre") == genre) & (pl.col("split") == split))
+    available = subset.get_column("instruction").to_list()
+    candidates = [s for s in available if s not in excluded]
+    if len(candidates) < n:
+        dropped = len(available) - len(candidates)
+        note = f" after excluding {dropped} already used" if dropped else ""
+        raise DataError(
+            f"instruction pool: genre '{genre}', split '{split}' has {len(candidates)} "
+            f"instruction(s){note}, but {n} are needed; add {genre}/{split} instructions to the "
+            f"pool file or lower the number of examples."
+        )
+    rng = np.random.default_rng(seed)
+    picks = rng.choice(len(candidates), size=n, replace=False)
+    return [candidates[i] for i in picks.tolist()]
+
+
+def sae_id_from_ref(ref: str | None) -> int | None:
+    """The SAE feature index at the end of a Neuronpedia feature URL, or None for other refs."""
+    if not ref:
+        return None
+    match = _NEURONPEDIA_INDEX.search(ref)
+    return int(match.group(1)) if match else None
+
+
+# --------------------------------------------------------------------------------------------
+# Reading files
+
+
+def read_records(
+    path: PathLike,
+    *,
+    text_column: str | None = None,
+    record_hook: Callable[[dict], dict] | None = None,
+) -> pl.DataFrame:
+    """Read a table file into a DataFrame plus a row-location column used in error messages.
+
+    .jsonl (one object per line), .json (a list of objects), .csv (header row; read as text),
+    .parquet, and, when `text_column` is given, .txt (one value per non-blank line).
+    `record_hook` rewrites each JSON object before the table is built.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    allowed = SUFFIXES if text_column else tuple(s for s in SUFFIXES if s != ".txt")
+    if suffix not in allowed:
+        raise DataError(
+            f"{path}: unknown file extension '{suffix}'; use one of {list(allowed)} "
+            f"(rename the file or convert it)."
+        )
+    if not path.is_file():
+        raise DataError(f"{path}: file not found; check the path in the config.")
+    if suffix in (".jsonl", ".json"):
+        records, where = _read_json_records(path, jsonl=suffix == ".jsonl")
+        if record_hook is not None:
+            records = [record_hook(r) for r in records]
+        try:
+            df = pl.DataFrame(records, infer_schema_length=None) if records else pl.DataFrame()
+        except (pl.exceptions.PolarsError, TypeError, ValueError) as err:
+            raise DataError(
+                f"{path}: a field has values of different types across rows ({err}); use one "
+                f"type per field."
+            ) from err
+    elif suffix == ".csv":
+        try:
+            df = pl.read_csv(path, infer_schema=False)
+        except pl.exceptions.PolarsError as err:
+            raise DataError(
+                f"{path}: not a readable CSV file ({err}); write a header row and quote fields "
+                f"that contain commas."
+            ) from err
+        where = [f"data row {i + 1}" for i in range(df.height)]
+    elif suffix == ".parquet":
+        try:
+            df = pl.read_parquet(path)
+        except (pl.exceptions.PolarsError, OSError) as err:
+            raise DataError(f"{path}: not a readable Parquet file ({err}).") from err
+        where = [f"row {i + 1}" for i in range(df.height)]
+    else:  # .txt
+        lines = path.read_text(encoding="utf-8").splitlines()
+        kept = [(i, s) for i, s in enumerate(lines) if s.strip()]
+        df = pl.DataFrame({text_column: [s for _, s in kept]}, schema={text_column: pl.String})
+        where = [f"line {i + 1}" for i, _ in kept]
+    if df.height == 0:
+        raise DataError(f"{path}: the file has no rows; add at least one row.")
+    return df.with_columns(pl.Series(_WHERE, where, dtype=pl.String))
+
+
+def _read_json_records(path: Path, *, jsonl: bool) -> tuple[list[dict], list[str]]:
+    text = path.read_text(encoding="utf-8")
+    records: list[dict] = []
+    where: list[str] = []
+    if jsonl:
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DataError(
+                    f"{path}: line {number} is not valid JSON ({err.msg}); write one JSON object "
+                    f"per line."
+                ) from err
+            records.append(obj)
+            where.append(f"line {number}")
+    else:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise DataError(
+                f"{path}: not valid JSON ({err.msg} at line {err.lineno}); the file must hold a "
+                f"list of objects."
+            ) from err
+        if not isinstance(data, list):
+            raise DataError(
+                f"{path}: expected a JSON list of objects, found {type(data).__name__}; use a "
+                f"list, or one object per line in a .jsonl file."
+            )
+        records = data
+        where = [f"item {i + 1}" for i in range(len(data))]
+    for obj, loc in zip(records, where, strict=True):
+        if not isinstance(obj, dict):
+            raise DataError(
+                f"{path}: {loc} is a JSON {type(obj).__name__}, not an object; write each row as "
+                f'{{"field": value, ...}}.'
+            )
+    return records, where
+
+
+# --------------------------------------------------------------------------------------------
+# Column cleaning
+
+
+def _first_present(df: pl.DataFrame, names: Iterable[str]) -> str | None:
+    return next((n for n in names if n in df.columns), None)
+
+
+def _user_columns(df: pl.DataFrame) -> list[str]:
+    return [c for c in df.columns if c != _WHERE]
+
+
+def _clean_text(df: pl.DataFrame, column: str, source: Path, *, what: str) -> pl.Series:
+    """`column` as trimmed strings; raise on a null or blank entry, naming its row."""
+    values = df.get_column(column)
+    if values.dtype != pl.String:
+        if values.dtype.is_nested() or values.dtype == pl.Object:
+            raise DataError(
+                f"{source}: column '{column}' holds {values.dtype} values; it must hold text."
+            )
+        values = values.cast(pl.String)
+    values = values.str.strip_chars()
+    blank = values.is_null() | (values == "")
+    if blank.any():
+        row = df.get_column(_WHERE)[int(blank.arg_true()[0])]
+        raise DataError(
+            f"{source}: {row} has an empty '{column}' ({int(blank.sum())} such row(s)); write "
+            f"the {what} there or delete the row."
+        )
+    return values
+
+
+def _clean_choice(
+    df: pl.DataFrame,
+    column: str,
+    allowed: Sequence[str],
+    source: Path,
+    default: str | None = None,
+) -> pl.Series:
+    """`column` lower-cased and checked against `allowed`; nulls become `default` if given."""
+    if column not in df.columns:
+        return pl.Series(column, [default] * df.height, dtype=pl.String)
+    values = df.get_column(column).cast(pl.String).str.strip_chars().str.to_lowercase()
+    if default is not None:
+        values = values.fill_null(default)
+    bad = values.is_null() | ~values.is_in(list(allowed))
+    if bad.any():
+        i = int(bad.arg_true()[0])
+        value = df.get_column(column)[i]
+        raise DataError(
+            f"{source}: {df.get_column(_WHERE)[i]} has {column} {value!r}; the '{column}' field "
+            f"must be one of {list(allowed)}."
+        )
+    return values
+
+
+def _clean_int(df: pl.DataFrame, column: str, source: Path, *, required: bool) -> pl.Series:
+    """`column` as int64; raise on values that are not whole numbers (or on nulls if required)."""
+    raw = df.get_column(column)
+    if raw.dtype == pl.String:
+        raw = raw.str.strip_chars().replace({"": None})
+    values = raw.cast(pl.Int64, strict=False)
+    bad = values.is_null() & raw.is_not_null()
+    if required:
+        bad = bad | values.is_null()
+    if bad.any():
+        i = int(bad.arg_true()[0])
+        raise DataError(
+            f"{source}: {df.get_column(_WHERE)[i]} has {column} {raw[i]!r}; the '{column}' field "
+            f"must be a whole number{'' if required else ' or empty'}."
+        )
+    return values
+
+
+def _reject_duplicates(df: pl.DataFrame, key: list[str], source: Path, *, what: str) -> None:
+    dup = df.select(*key, _WHERE).with_columns(pl.struct(key).is_duplicated().alias("__dup"))
+    dup = dup.filter(pl.col("__dup"))
+    if dup.height:
+        first = dup.row(0, named=True)
+        same = dup.filter(pl.all_horizontal([pl.col(k) == first[k] for k in key]))
+        rows = ", ".join(same.get_column(_WHERE).to_list()[:5])
+        value = first[key[-1]]
+        raise DataError(
+            f"{source}: the {what} {value!r} appears more than once ({rows}); the '{key[-1]}' "
+            f"field must be unique{' within a genre' if 'genre' in key else ''}, so remove or "
+            f"reword the duplicates."
+        )
+
+
+def _genre_from_genres_map(record: dict) -> dict:
+    """Map AxBench's {"concept_genres_map": {concept: [genre, ...]}} to a plain "genre" field."""
+    genres_map = record.pop("concept_genres_map", None)
+    if "genre" not in record and isinstance(genres_map, dict) and genres_map:
+        concept = record.get("concept", record.get("description"))
+        genres = genres_map.get(concept, next(iter(genres_map.values())))
+        if isinstance(genres, list):
+            genres = genres[0] if genres else None
+        record["genre"] = genres
+    return record
+
+
+def _instruction_list(instructions: pl.DataFrame | Sequence[str]) -> list[str]:
+    if isinstance(instructions, pl.DataFrame):
+        require_columns(instructions, ["instruction"], "steering instructions")
+        return instructions.get_column("instruction").to_list()
+    return list(instructions)

@@ -1,0 +1,58 @@
+"""Forward hooks on a decoder block output (the residual stream): extraction and steering."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+
+
+class _StopForward(Exception):
+    """Raised by the capture hook so layers above the hooked one never run."""
+
+
+def _hidden(output: Any) -> torch.Tensor:
+    return output[0] if isinstance(output, tuple) else output
+
+
+def _replace_hidden(output: Any, hidden: torch.Tensor) -> Any:
+    return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+
+
+@torch.no_grad()
+def capture_residual(model: Any, block: torch.nn.Module, **inputs: Any) -> torch.Tensor:
+    """Run `model` up to and including `block` and return that block's output [B, T, d]."""
+    captured: dict[str, torch.Tensor] = {}
+
+    def hook(_module, _args, output):
+        captured["h"] = _hidden(output)
+        raise _StopForward
+
+    handle = block.register_forward_hook(hook)
+    try:
+        model(**inputs, use_cache=False)
+    except _StopForward:
+        pass
+    finally:
+        handle.remove()
+    return captured["h"]
+
+
+@contextmanager
+def add_to_residual(block: torch.nn.Module, deltas: torch.Tensor | None) -> Iterator[None]:
+    """Add `deltas[b]` ([B, d]) to every position of row b of `block`'s output while active."""
+    if deltas is None or not bool(deltas.abs().sum()):
+        yield
+        return
+
+    def hook(_module, _args, output):
+        h = _hidden(output)
+        return _replace_hidden(output, h + deltas[:, None, :].to(h.dtype))
+
+    handle = block.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()

@@ -1,0 +1,389 @@
+"""Entry point of every Snakemake job: `python -m axflow.stage '<json spec>'`.
+
+The spec (built in rules/common.smk) holds the stage name, its resolved config slice, and the
+named input and output paths. Each stage writes its outputs atomically and, where it owns a
+folder, the resolved slice as `config.json`, so every artefact is self-describing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+
+from axflow import store
+
+log = logging.getLogger("axflow")
+STAGES: dict[str, Callable[[dict[str, Any]], None]] = {}
+
+
+def stage(name: str):
+    def wrap(fn):
+        STAGES[name] = fn
+        return fn
+
+    return wrap
+
+
+def _load_lm(spec: dict[str, Any], model_slice: dict[str, Any]):
+    """Load the job's input model as configured by `model_slice` ({"model": model config})."""
+    from axflow.lm.models import load_model
+
+    mcfg = model_slice["model"]
+    return load_model(Path(spec["input"]["model"]), dtype=mcfg["dtype"], chat=mcfg["chat"])
+
+
+@stage("model")
+def prepare_model_stage(spec: dict[str, Any]) -> None:
+    from axflow.lm.models import prepare_model
+
+    prepare_model(spec["slice"]["model"], Path(spec["output"]["weights"]))
+
+
+@stage("data")
+def dataset_stage(spec: dict[str, Any]) -> None:
+    from axflow.data import sources
+    from axflow.data.validate import validate_examples
+
+    s, out = spec["slice"], spec["output"]
+    ds = s["dataset"]
+    if ds["source"] == "axbench":
+        from axflow.data.axbench import import_axbench
+
+        folder = Path(ds["axbench_dir"])
+        if not folder.is_absolute():
+            from axflow.config import REPO_ROOT
+
+            folder = REPO_ROOT / folder
+        concepts, train, detect_eval = import_axbench(folder)
+        if ds.get("max_concepts"):
+            keep = concepts["concept_id"].head(ds["max_concepts"])
+            concepts = concepts.filter(pl.col("concept_id").is_in(keep.implode()))
+            train = train.filter(
+                pl.col("concept_id").is_in(keep.implode()) | (pl.col("concept_id") == -1)
+            )
+            detect_eval = detect_eval.filter(pl.col("concept_id").is_in(keep.implode()))
+        source = str(folder)
+    else:
+        from axflow.data.synthesize import CachedGenerator, open_cache, synthesize
+
+        concepts = sources.load_concepts(ds["concepts"])
+        if ds.get("max_concepts"):
+            concepts = concepts.head(ds["max_concepts"])
+        pool = sources.load_instruction_pool(ds["instructions"])
+        lm = _load_lm(spec, s["model"])
+        model_id = f"{s['model']['model']['name']}@{Path(spec['input']['model']).parent.name}"
+        gen = CachedGenerator(
+            lm, model_id, s["generator"], ds["response_tokens"], open_cache(spec["cache_dir"])
+        )
+        train, detect_eval = synthesize(concepts, pool, ds, s["seed"], gen)
+        log.info(
+            "synthesis: %d rows, %d generated (rest cached)",
+            train.height + detect_eval.height,
+            gen.calls,
+        )
+        source = "synthesized"
+    expected_train = {"positive": ds["train_positive"], "negative": ds["train_negative"]}
+    expected_eval = {"positive": ds["eval_positive"], "negative": ds["eval_negative"]}
+    validate_examples(
+        train, split="train", concepts=concepts, expected=expected_train, source=source
+    )
+    validate_examples(
+        detect_eval, split="detect_eval", concepts=concepts, expected=expected_eval, source=source
+    )
+    steering = sources.load_steering_instructions(ds["steering_instructions"])
+    prompts = sources.sample_steering_prompts(
+        concepts, steering, s["steering_instructions"], s["seed"]
+    )
+    store.write_table(concepts, out["concepts"], "concepts")
+    store.write_table(train, out["train"], "examples")
+    store.write_table(detect_eval, out["detect_eval"], "examples")
+    store.write_table(prompts, out["steer_prompts"], "steer_prompts")
+    store.write_json(s, out["config"])
+
+
+@stage("acts")
+def activations_stage(spec: dict[str, Any]) -> None:
+    from axflow.lm.extract import extract_residuals
+
+    s = spec["slice"]
+    ex = store.read_table(spec["input"]["examples"], "examples").to_pydict()
+    lm = _load_lm(spec, s["model"])
+    pairs = list(zip(ex["input"], ex["output"], strict=True))
+    cols: dict[str, list] = {f.name: [] for f in store.SCHEMAS["activations"]}
+    acts: list[np.ndarray] = []
+    t0, n_tok = time.time(), 0
+    for item in extract_residuals(lm, pairs, layer=s["layer"], **s["extraction"]):
+        n = len(item.positions)
+        n_tok += n
+        k = item.index
+        cols["example_id"].extend([k] * n)
+        cols["concept_id"].extend([ex["concept_id"][k]] * n)
+        cols["concept_genre"].extend([ex["concept_genre"][k]] * n)
+        cols["category"].extend([ex["category"][k]] * n)
+        cols["position"].extend(item.positions.tolist())
+        cols["token"].extend(item.tokens)
+        acts.append(item.acts)
+    log.info("extracted %d tokens in %.1fs", n_tok, time.time() - t0)
+    matrix = np.concatenate(acts).astype(np.float32)
+    cols["act"] = pa.ListArray.from_arrays(
+        pa.array(np.arange(0, matrix.size + 1, matrix.shape[1], dtype=np.int32)),
+        pa.array(matrix.ravel()),
+    )
+    table = pa.table({k: (v if isinstance(v, pa.Array) else pa.array(v)) for k, v in cols.items()})
+    store.write_table(table, spec["output"]["acts"], "activations")
+
+
+def read_activations(path: str) -> tuple[pl.DataFrame, np.ndarray]:
+    """Token metadata (no `act`) and the [n_tokens, d] activation matrix of an activations file."""
+    table = store.read_table(path, "activations")
+    act = table.column("act").combine_chunks()
+    d = len(act[0]) if len(act) else 0
+    matrix = act.flatten().to_numpy(zero_copy_only=False).reshape(-1, d)
+    return pl.from_arrow(table.drop(["act"])), matrix
+
+
+@stage("train")
+def train_stage(spec: dict[str, Any]) -> None:
+    from axflow.methods import TokenBatch, build_method
+
+    s = spec["slice"]
+    method = build_method(s["method"])
+    concepts = store.read_table(spec["input"]["concepts"], "concepts").to_pylist()
+    meta, X = read_activations(spec["input"]["acts"])
+    stacked: dict[str, list[np.ndarray]] = {}
+    for c in concepts:
+        # AxBench: a concept trains on its positives plus the shared negatives of its genre.
+        pos = (meta["concept_id"] == c["concept_id"]) & (meta["category"] == "positive")
+        neg = (meta["concept_id"] == -1) & (meta["concept_genre"] == c["genre"])
+        idx = np.flatnonzero((pos | neg).to_numpy())
+        batch = TokenBatch(
+            acts=X[idx],
+            example=meta["example_id"].to_numpy()[idx],
+            label=pos.to_numpy()[idx].astype(np.int8),
+        )
+        params = method.fit(batch, concept=c["concept"], seed=s["seed"])
+        for k, v in params.items():
+            stacked.setdefault(k, []).append(np.asarray(v, dtype=np.float32))
+    tensors = {k: np.stack(v) for k, v in stacked.items()}
+    tensors["concept_id"] = np.array([c["concept_id"] for c in concepts], dtype=np.int64)
+    store.write_tensors(tensors, spec["output"]["params"], metadata={"method": s["method_name"]})
+    store.write_json(s, spec["output"]["config"])
+
+
+def _concept_params(tensors: dict[str, np.ndarray], row: int) -> dict[str, np.ndarray]:
+    return {k: v[row] for k, v in tensors.items() if k != "concept_id"}
+
+
+@stage("detect")
+def detect_stage(spec: dict[str, Any]) -> None:
+    from axflow.metrics.detection import hard_negative_accuracy, max_pool, roc_auc, youden_threshold
+
+    from axflow.methods import build_method
+
+    method = build_method(spec["slice"]["method"])
+    tensors, _ = store.read_tensors(spec["input"]["params"])
+    meta, X = read_activations(spec["input"]["acts"])
+    score_rows, metric_rows = [], []
+    for row, cid in enumerate(tensors["concept_id"].tolist()):
+        idx = np.flatnonzero((meta["concept_id"] == cid).to_numpy())
+        sub = meta[idx]
+        scores = method.token_scores(_concept_params(tensors, row), X[idx]).astype(np.float32)
+        examples = sub["example_id"].to_numpy()
+        ex_ids, first = np.unique(examples, return_index=True)
+        maxes, argmax = max_pool(scores, examples)
+        cats = sub["category"].to_numpy()[first]
+        positions = sub["position"].to_numpy()
+        tokens = sub["token"].to_list()
+        for j, ex in enumerate(ex_ids):
+            sel = np.flatnonzero(examples == ex)
+            best = sel[int(np.argmax(scores[sel]))]
+            score_rows.append(
+                {
+                    "concept_id": cid,
+                    "example_id": int(ex),
+                    "category": cats[j],
+                    "label": int(cats[j] == "positive"),
+                    "max_act": float(maxes[j]),
+                    "max_act_position": int(positions[best]),
+                    "max_token": tokens[best],
+                    "acts": np.round(scores[sel], 3).tolist(),
+                }
+            )
+        is_pos, is_neg, is_hard = (
+            (cats == "positive"),
+            (cats == "negative"),
+            (cats == "hard negative"),
+        )
+        labels = np.r_[np.ones(is_pos.sum()), np.zeros(is_neg.sum())]
+        pn_scores = np.r_[maxes[is_pos], maxes[is_neg]]
+        metric_rows.append(
+            {
+                "concept_id": cid,
+                "roc_auc": roc_auc(labels, pn_scores),
+                "hard_negative_accuracy": hard_negative_accuracy(
+                    maxes[is_pos], maxes[is_neg], maxes[is_hard]
+                ),
+                "optimal_threshold": youden_threshold(labels, pn_scores)
+                if is_pos.any() and is_neg.any()
+                else None,
+                "max_act": float(maxes.max()) if len(maxes) else 0.0,
+                "n_positive": int(is_pos.sum()),
+                "n_negative": int(is_neg.sum()),
+                "n_hard_negative": int(is_hard.sum()),
+            }
+        )
+    store.write_table(pl.DataFrame(score_rows), spec["output"]["scores"], "detect_scores")
+    store.write_table(pl.DataFrame(metric_rows), spec["output"]["metrics"], "detect_metrics")
+
+
+def steering_strength_base(metrics_path: str | None) -> dict[int, float]:
+    """Per-concept max detection activation (AxBench: ≤ 0 falls back to 50)."""
+    if metrics_path is None:
+        return {}
+    m = store.read_table(metrics_path, "detect_metrics").to_pydict()
+    return {c: (a if a > 0 else 50.0) for c, a in zip(m["concept_id"], m["max_act"], strict=True)}
+
+
+@stage("steer")
+def steer_stage(spec: dict[str, Any]) -> None:
+    from axflow.methods.prompt import steering_prompt
+
+    from axflow.data.synthesize import row_seed
+    from axflow.lm.generate import GenerationRequest, generate
+    from axflow.lm.prompts import format_prompt
+    from axflow.methods import build_method
+
+    s = spec["slice"]
+    st, train = s["steering"], s["train"]
+    method = build_method(train["method"])
+    layer = train["acts"]["layer"]
+    concepts = {
+        c["concept_id"]: c["concept"]
+        for c in store.read_table(spec["input"]["concepts"], "concepts").to_pylist()
+    }
+    prompts = store.read_table(spec["input"]["prompts"], "steer_prompts").to_pylist()
+    tensors, _ = store.read_tensors(spec["input"]["params"])
+    rows_of = {int(c): i for i, c in enumerate(tensors["concept_id"].tolist())}
+    max_act = steering_strength_base(spec["input"].get("detect_metrics"))
+    lm = _load_lm(spec, train["acts"]["model"])
+    factors = [None] if method.factor_free else st["factors"]
+    records, requests = [], []
+    for p in prompts:
+        cid, concept = p["concept_id"], concepts[p["concept_id"]]
+        if method.steering == "prompt":
+            user = steering_prompt(concept, p["instruction"])
+        else:
+            user = p["instruction"]
+        text = format_prompt(lm.tokenizer, user, lm.chat)
+        for factor in factors:
+            delta, strength = None, None
+            if method.steering == "add":
+                vec = method.steering_vector(_concept_params(tensors, rows_of[cid]))
+                strength = float(factor) * max_act.get(cid, 1.0)
+                delta = (strength * vec).astype(np.float32)
+            seed = row_seed(train["seed"], "steer", cid, p["input_id"], factor)
+            requests.append(GenerationRequest(text, seed=seed, delta=delta))
+            records.append(
+                {
+                    "concept_id": cid,
+                    "concept": concept,
+                    "input_id": p["input_id"],
+                    "split": p["split"],
+                    "factor": factor,
+                    "strength": strength,
+                    "instruction": p["instruction"],
+                    "prompt": text,
+                    "seed": seed,
+                }
+            )
+    t0 = time.time()
+    outputs = generate(
+        lm,
+        requests,
+        layer=layer,
+        max_new_tokens=st["max_new_tokens"],
+        temperature=st["temperature"],
+        batch_size=st["batch_size"],
+    )
+    log.info("generated %d continuations in %.1fs", len(outputs), time.time() - t0)
+    for r, o in zip(records, outputs, strict=True):
+        r["generation"] = o
+    store.write_table(
+        pl.DataFrame(records, infer_schema_length=None),
+        spec["output"]["generations"],
+        "generations",
+    )
+    store.write_json(s, spec["output"]["config"])
+
+
+@stage("judge")
+def judge_stage(spec: dict[str, Any]) -> None:
+    from axflow.data.synthesize import open_cache
+    from axflow.judge import JudgeItem, build_judge
+    from axflow.lm.models import weights_dir
+
+    s = spec["slice"]
+    gens = store.read_table(spec["input"]["generations"], "generations").to_pylist()
+    judge = build_judge(
+        s["judge"],
+        model_dir=str(weights_dir(Path(spec["input"]["model"]))),
+        cache=open_cache(spec["cache_dir"]),
+    )
+    ratings = judge.rate([JudgeItem(g["concept"], g["instruction"], g["generation"]) for g in gens])
+    rows = []
+    for g, r in zip(gens, ratings, strict=True):
+        rows.append(
+            {
+                "concept_id": g["concept_id"],
+                "input_id": g["input_id"],
+                "split": g["split"],
+                "factor": g["factor"],
+                "concept_score": r.concept_score,
+                "instruction_score": r.instruction_score,
+                "fluency_score": r.fluency_score,
+                "overall": r.overall,
+                "perplexity": r.perplexity,
+                "failures": r.failures,
+            }
+        )
+    store.write_table(
+        pl.DataFrame(rows, infer_schema_length=None), spec["output"]["ratings"], "ratings"
+    )
+    store.write_json(s, spec["output"]["config"])
+
+
+@stage("report")
+def report_stage(spec: dict[str, Any]) -> None:
+    from axflow.report import write_report
+
+    write_report(spec["extra"]["methods"], spec["extra"]["config"], spec["input"], spec["output"])
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    spec = json.loads(argv[0])
+    threads = int(spec.get("threads") or 1)
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    import torch
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    log.info("stage %s", spec["stage"])
+    t0 = time.time()
+    STAGES[spec["stage"]](spec)
+    log.info("stage %s done in %.1fs", spec["stage"], time.time() - t0)
+
+
+if __name__ == "__main__":
+    main()
