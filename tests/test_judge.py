@@ -1,0 +1,306 @@
+"""Judges: rubric parsing, the overall score, the embedded backend and the OpenAI backend.
+
+The OpenAI backend is tested against a real OpenAI-compatible HTTP server on 127.0.0.1 that
+answers with scripted replies; the embedded backend uses the real MiniLM and a small target model
+from $AXFLOW_TEST_MODEL_DIR (default /tmp/smol).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from axflow.judge import CallCache, JudgeItem, Rating, build_judge, harmonic_mean, parse_rating
+from axflow.judge.rubric import judge_prompt
+
+# -- rubric -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("reply", "expected"),
+    [
+        ("The concept is clear.\nRating: [[2]]", 2.0),
+        ("Rating: [[0]] at first, but on reflection\nRating: [[1]]", 1.0),
+        ("**Rating:** [[1]]", 1.0),
+        ("Rating: **2**.", 2.0),
+        ("rating: '1'", 1.0),
+        ('Rating: "0"', 0.0),
+        ("Rating: [[1.5]]", 1.5),
+        ("Rating: `2`\n\nThat is all.", 2.0),
+        ("Rating: [[3]]", None),
+        ("Rating: [[-1]]", None),
+        ("Rating: [[nan]]", None),
+        ("Rating: [[two]]", None),
+        ("Rating:", None),
+        ("I would give it a 2.", None),
+        ("", None),
+        (None, None),
+    ],
+)
+def test_parse_rating(reply: str | None, expected: float | None) -> None:
+    assert parse_rating(reply) == expected
+
+
+def test_harmonic_mean() -> None:
+    assert harmonic_mean([2, 2, 2]) == 2.0
+    assert harmonic_mean([2, 1, 2]) == pytest.approx(1.5)
+    assert harmonic_mean([1, 1, 2]) == pytest.approx(1.2)
+    assert harmonic_mean([0, 2, 2]) == 0.0
+    with pytest.raises(ValueError):
+        harmonic_mean([])
+
+
+def test_rating_overall_is_none_when_a_score_is_missing() -> None:
+    assert Rating(2.0, 1.0, 2.0).overall == pytest.approx(1.5)
+    assert Rating(0.0, 2.0, 2.0).overall == 0.0
+    assert Rating(2.0, None, 2.0, failures=1).overall is None
+
+
+def test_judge_prompts_carry_their_inputs() -> None:
+    kw = {"concept": "C{x}", "instruction": "I}{", "generation": "G {generation}"}
+    concept = judge_prompt("concept", **kw)
+    assert "C{x}" in concept and "G {generation}" in concept and "I}{" not in concept
+    assert "I}{" in judge_prompt("instruction", **kw)
+    fluency = judge_prompt("fluency", **kw)
+    assert "G {generation}" in fluency and "C{x}" not in fluency
+    for aspect in ("concept", "instruction", "fluency"):
+        assert "Rating: [[s]]" in judge_prompt(aspect, **kw)
+    with pytest.raises(ValueError, match="unknown judge aspect"):
+        judge_prompt("style", **kw)
+
+
+def test_build_judge_names_what_is_wrong(tmp_path: Path) -> None:
+    cache = CallCache(tmp_path / "c.sqlite")
+    with pytest.raises(ValueError, match="unknown judge backend 'gpt'"):
+        build_judge({"name": "gpt"}, model_dir=None, cache=cache)
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['temprature'\]"):
+        build_judge({"name": "openai", "temprature": 1.0}, model_dir=None, cache=cache)
+    with pytest.raises(ValueError, match="no model directory"):
+        build_judge({"name": "embedded"}, model_dir=None, cache=cache)
+
+
+# -- embedded backend ---------------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread() -> Iterator[None]:
+    """Small forward passes run fastest on one thread, and CI machines are often oversubscribed."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+MODEL_DIR = os.environ.get("AXFLOW_TEST_MODEL_DIR", "/tmp/smol")
+needs_model = pytest.mark.skipif(
+    not (Path(MODEL_DIR) / "config.json").exists(),
+    reason=f"no target model at {MODEL_DIR}; set AXFLOW_TEST_MODEL_DIR to an HF model folder",
+)
+
+VIDEO = "references to video and multimedia content"
+BREAD = "How do I bake bread at home?"
+ON_CONCEPT = "Watch the video tutorial on YouTube, then stream the recorded movie clips in HD."
+ON_BREAD = "Mix flour, water, yeast and salt, let the dough rise, then bake it until golden."
+FLUENT = "Let the dough rise for an hour in a warm place, then bake it for thirty minutes."
+SALAD = "hour rise then dough for the minutes. bake in warm thirty place, it Let a an for"
+LOOP = " ".join(["bread"] * 24)
+
+
+@needs_model
+def test_embedded_judge_ranks_concept_instruction_and_fluency(tmp_path: Path) -> None:
+    cache = CallCache(tmp_path / "c.sqlite")
+    judge = build_judge({"name": "embedded", "batch_size": 4}, model_dir=MODEL_DIR, cache=cache)
+    items = [
+        JudgeItem(VIDEO, BREAD, ON_CONCEPT),
+        JudgeItem(VIDEO, BREAD, ON_BREAD),
+        JudgeItem(VIDEO, BREAD, FLUENT),
+        JudgeItem(VIDEO, BREAD, SALAD),
+        JudgeItem(VIDEO, BREAD, LOOP),
+        JudgeItem(VIDEO, BREAD, "  "),
+    ]
+    on_concept, on_bread, fluent, salad, loop, empty = judge.rate(items)
+
+    assert on_concept.concept_score > on_bread.concept_score
+    assert on_bread.instruction_score > on_concept.instruction_score
+    assert fluent.fluency_score > salad.fluency_score
+    assert fluent.perplexity < salad.perplexity
+    assert loop.fluency_score == 0.0  # predictable, so only the repetition check catches it
+    assert empty == Rating(0.0, 0.0, 0.0, perplexity=None, failures=0)
+    assert all(r.failures == 0 for r in (on_concept, on_bread, fluent, salad, loop))
+
+    # A rerun is served from the cache: same ratings, and no model is loaded.
+    again = build_judge({"name": "embedded"}, model_dir=MODEL_DIR, cache=CallCache(cache.path))
+    assert again.rate(items) == [on_concept, on_bread, fluent, salad, loop, empty]
+    assert again._embedder is None and again._lm is None
+
+
+@needs_model
+def test_batched_perplexity_matches_one_at_a_time() -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from axflow.judge.embedded import sequence_perplexities
+
+    tok = AutoTokenizer.from_pretrained(MODEL_DIR)
+    model = AutoModelForCausalLM.from_pretrained(MODEL_DIR, dtype=torch.float32).eval()
+    pairs = [(BREAD, FLUENT), ("Hi", "Hello! How can I help you today?"), (BREAD, "")]
+    one = sequence_perplexities(model, tok, pairs, batch_size=1)
+    batched = sequence_perplexities(model, tok, pairs, batch_size=3)
+    assert one[2] is None and batched[2] is None
+    assert batched[:2] == pytest.approx(one[:2], rel=1e-4)
+
+    # Reference: the model's own loss over the generation tokens of one unpadded sequence.
+    prompt = tok.apply_chat_template(
+        [{"role": "user", "content": BREAD}], tokenize=False, add_generation_prompt=True
+    )
+    p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
+    g_ids = tok(FLUENT, add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([p_ids + g_ids])
+    labels = ids.clone()
+    labels[0, : len(p_ids)] = -100
+    with torch.inference_mode():
+        loss = model(input_ids=ids, labels=labels).loss
+    assert one[0] == pytest.approx(math.exp(loss.item()), rel=1e-4)
+
+
+# -- openai backend -----------------------------------------------------------------------------
+
+
+class ScriptedJudgeServer:
+    """An OpenAI-compatible /v1/chat/completions on 127.0.0.1 with scripted replies.
+
+    The generation text picks the script: GOOD answers at once, FLAKY is unparseable on the first
+    request per prompt, BROKEN is never parseable, ERROR500 fails with HTTP 500 once per prompt.
+    Good replies rate concept 2, instruction 1, fluency 2.
+    """
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.seen: Counter[str] = Counter()
+        self.lock = threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_POST(self) -> None:  # noqa: N802 - http.server's API
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                prompt = body["messages"][-1]["content"]
+                with server.lock:
+                    server.requests += 1
+                    server.seen[prompt] += 1
+                    nth = server.seen[prompt]
+                if self.path != "/v1/chat/completions":
+                    return self._send(404, {"error": {"message": "not found"}})
+                if "ERROR500" in prompt and nth == 1:
+                    return self._send(500, {"error": {"message": "scripted failure"}})
+                if "BROKEN" in prompt or ("FLAKY" in prompt and nth == 1):
+                    content = "I cannot decide on a number for this one."
+                else:
+                    score = 2 if "Concept:" in prompt else 1 if "Instruction:" in prompt else 2
+                    content = f"Short reason.\nRating: [[{score}]]"
+                self._send(
+                    200,
+                    {
+                        "id": "chatcmpl-test",
+                        "object": "chat.completion",
+                        "created": 0,
+                        "model": body["model"],
+                        "choices": [
+                            {
+                                "index": 0,
+                                "message": {"role": "assistant", "content": content},
+                                "finish_reason": "stop",
+                            }
+                        ],
+                        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+                    },
+                )
+
+            def _send(self, status: int, payload: dict) -> None:
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def judge_server() -> Iterator[ScriptedJudgeServer]:
+    server = ScriptedJudgeServer()
+    yield server
+    server.close()
+
+
+def _openai_cfg(base_url: str) -> dict:
+    return {
+        "name": "openai",
+        "base_url": base_url,
+        "model": "scripted-judge",
+        "api_key_env": "AXFLOW_TEST_NO_SUCH_KEY",
+        "max_concurrency": 4,
+        "max_retries": 2,
+        "transport_retries": 2,
+        "backoff_s": 0.01,
+        "backoff_max_s": 0.05,
+        "timeout_s": 10,
+    }
+
+
+def test_openai_judge_retries_counts_failures_and_caches(
+    tmp_path: Path, judge_server: ScriptedJudgeServer
+) -> None:
+    items = [
+        JudgeItem("dates", "Say hi.", f"{tag} text") for tag in ("GOOD", "FLAKY", "BROKEN")
+    ] + [JudgeItem("dates", "Say hi.", "ERROR500 text")]
+    cache = CallCache(tmp_path / "calls.sqlite")
+    judge = build_judge(_openai_cfg(judge_server.base_url), model_dir=None, cache=cache)
+
+    good, flaky, broken, error500 = judge.rate(items)
+    for rating in (good, flaky, error500):
+        assert rating == Rating(2.0, 1.0, 2.0, perplexity=None, failures=0)
+        assert rating.overall == pytest.approx(1.5)
+    assert broken == Rating(None, None, None, perplexity=None, failures=3)
+    assert broken.overall is None
+    # GOOD 3 calls; FLAKY 3 x (bad + good); BROKEN 3 x 3 attempts; ERROR500 3 x (500 + good).
+    assert judge_server.requests == 3 + 6 + 9 + 6
+
+    # A fresh judge on the same cache file replays everything, re-asks included, with no HTTP.
+    before = judge_server.requests
+    replay = build_judge(
+        _openai_cfg(judge_server.base_url), model_dir=None, cache=CallCache(cache.path)
+    )
+    assert replay.rate(items) == [good, flaky, broken, error500]
+    assert judge_server.requests == before
+
+
+def test_openai_judge_stops_on_unknown_endpoint(
+    tmp_path: Path, judge_server: ScriptedJudgeServer
+) -> None:
+    from axflow.judge.openai_judge import JudgeEndpointError
+
+    cfg = _openai_cfg(judge_server.base_url.replace("/v1", "/wrong"))
+    judge = build_judge(cfg, model_dir=None, cache=CallCache(tmp_path / "c.sqlite"))
+    with pytest.raises(JudgeEndpointError, match="404"):
+        judge.rate([JudgeItem("dates", "Say hi.", "GOOD text")])
