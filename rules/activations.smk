@@ -3,10 +3,12 @@ rule extract_activations:
         unpack(acts_inputs),
     output:
         acts=f"{RES}/activations/{{key}}/{{split}}.parquet",
-    params:
-        spec=stage_spec("acts"),
     log:
         f"{RES}/logs/activations/{{key}}_{{split}}.log",
+    conda:
+        "../workflow/envs/axflow.yaml"
     threads: workflow.cores
+    params:
+        spec=stage_spec("acts"),
     shell:
         "python -m axflow.stage {params.spec:q} > {log:q} 2>&1"

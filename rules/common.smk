@@ -4,7 +4,6 @@ import json
 
 from axflow.config import compose, make_plan, overrides_from_snakemake, stage_key
 
-
 PLAN = make_plan(compose(overrides_from_snakemake(config)))
 CFG = PLAN.cfg
 RES = CFG["results_dir"]
@@ -150,13 +149,13 @@ def report_inputs(wildcards):
 def report_extra():
     """What the report needs beyond its inputs: the methods' facts and the resolved config."""
     methods = [
-            {
-                "name": m.name,
-                "kind": m.kind,
-                "detects": m.detects,
-                "steering": m.steering,
-                "factor_free": m.factor_free,
-            }
-            for m in PLAN.methods
-        ]
+        {
+            "name": m.name,
+            "kind": m.kind,
+            "detects": m.detects,
+            "steering": m.steering,
+            "factor_free": m.factor_free,
+        }
+        for m in PLAN.methods
+    ]
     return {"methods": methods, "config": CFG}

@@ -1,11 +1,13 @@
 rule prepare_model:
     output:
         weights=directory(f"{RES}/models/{{key}}/weights"),
-    params:
-        spec=stage_spec("model"),
     log:
         f"{RES}/logs/prepare_model/{{key}}.log",
+    conda:
+        "../workflow/envs/axflow.yaml"
     threads: workflow.cores
+    params:
+        spec=stage_spec("model"),
     shell:
         "python -m axflow.stage {params.spec:q} > {log:q} 2>&1"
 
@@ -19,10 +21,12 @@ rule dataset:
         detect_eval=f"{RES}/data/{{key}}/detect_eval.parquet",
         steer_prompts=f"{RES}/data/{{key}}/steer_prompts.parquet",
         config=f"{RES}/data/{{key}}/config.json",
-    params:
-        spec=stage_spec("data"),
     log:
         f"{RES}/logs/dataset/{{key}}.log",
+    conda:
+        "../workflow/envs/axflow.yaml"
     threads: workflow.cores
+    params:
+        spec=stage_spec("data"),
     shell:
         "python -m axflow.stage {params.spec:q} > {log:q} 2>&1"

@@ -4,10 +4,12 @@ rule detect:
     output:
         scores=f"{RES}/detect/{{method}}/{{key}}/scores.parquet",
         metrics=f"{RES}/detect/{{method}}/{{key}}/metrics.parquet",
-    params:
-        spec=stage_spec("detect", slice_stage="train"),
     log:
         f"{RES}/logs/detect/{{method}}_{{key}}.log",
+    conda:
+        "../workflow/envs/axflow.yaml"
     threads: 1
+    params:
+        spec=stage_spec("detect", slice_stage="train"),
     shell:
         "python -m axflow.stage {params.spec:q} > {log:q} 2>&1"

@@ -4,10 +4,12 @@ rule judge:
     output:
         ratings=f"{RES}/judge/{{method}}/{{key}}/ratings.parquet",
         config=f"{RES}/judge/{{method}}/{{key}}/config.json",
-    params:
-        spec=stage_spec("judge"),
     log:
         f"{RES}/logs/judge/{{method}}_{{key}}.log",
+    conda:
+        "../workflow/envs/axflow.yaml"
     threads: workflow.cores
+    params:
+        spec=stage_spec("judge"),
     shell:
         "python -m axflow.stage {params.spec:q} > {log:q} 2>&1"

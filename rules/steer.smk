@@ -4,10 +4,12 @@ rule steer:
     output:
         generations=f"{RES}/steer/{{method}}/{{key}}/generations.parquet",
         config=f"{RES}/steer/{{method}}/{{key}}/config.json",
-    params:
-        spec=stage_spec("steer"),
     log:
         f"{RES}/logs/steer/{{method}}_{{key}}.log",
+    conda:
+        "../workflow/envs/axflow.yaml"
     threads: workflow.cores
+    params:
+        spec=stage_spec("steer"),
     shell:
         "python -m axflow.stage {params.spec:q} > {log:q} 2>&1"

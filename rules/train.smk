@@ -4,10 +4,12 @@ rule train:
     output:
         params=f"{RES}/train/{{method}}/{{key}}/params.safetensors",
         config=f"{RES}/train/{{method}}/{{key}}/config.json",
-    params:
-        spec=stage_spec("train"),
     log:
         f"{RES}/logs/train/{{method}}_{{key}}.log",
+    conda:
+        "../workflow/envs/axflow.yaml"
     threads: workflow.cores
+    params:
+        spec=stage_spec("train"),
     shell:
         "python -m axflow.stage {params.spec:q} > {log:q} 2>&1"

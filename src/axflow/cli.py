@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import subprocess
 import sys
 
@@ -44,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         cmd.append("--dry-run")
     if args.overrides:
-        cmd += ["--config", *args.overrides]
+        cmd += ["--config", "overrides=" + shlex.join(args.overrides)]
     return subprocess.call(cmd, cwd=REPO_ROOT)
 
 

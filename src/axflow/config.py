@@ -23,7 +23,13 @@ class ConfigError(ValueError):
 
 
 def overrides_from_snakemake(config: dict[str, Any]) -> list[str]:
-    """Turn Snakemake `--config key=value` pairs (values YAML-parsed) back into Hydra overrides."""
+    """Hydra overrides from Snakemake's `--config` pairs.
+
+    Snakemake only accepts identifiers as `--config` keys, so dotted overrides travel in one
+    entry, `overrides='model.layer=20 method=[diffmean,probe]'` (whitespace-separated, shell
+    quoting allowed); any other pair `key=value` (e.g. `judge=openai`) is an override itself.
+    """
+    import shlex
 
     def render(value: Any) -> str:
         if isinstance(value, bool):
@@ -32,11 +38,16 @@ def overrides_from_snakemake(config: dict[str, Any]) -> list[str]:
             return "null"
         if isinstance(value, list | tuple):
             return "[" + ",".join(render(v) for v in value) + "]"
-        if isinstance(value, dict):
-            return "{" + ",".join(f"{k}:{render(v)}" for k, v in value.items()) + "}"
         return str(value)
 
-    return [f"{key}={render(value)}" for key, value in config.items()]
+    overrides: list[str] = []
+    for key, value in config.items():
+        if key == "overrides":
+            items = value if isinstance(value, list) else shlex.split(str(value or ""))
+            overrides += [str(item) for item in items]
+        else:
+            overrides.append(f"{key}={render(value)}")
+    return overrides
 
 
 def compose(overrides: list[str] | None = None) -> dict[str, Any]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -18,19 +18,24 @@ class ExampleActivations:
     index: int  # row of the input list
     positions: np.ndarray  # [n] token positions in the templated example
     tokens: list[str]
-    acts: np.ndarray  # [n, d] float32
+    acts: np.ndarray  # [n, d] float32, the first requested layer
+    by_layer: dict[int, np.ndarray] = field(default_factory=dict)  # layer -> [n, d] float32
 
 
 def extract_residuals(
     lm: LoadedModel,
     examples: list[tuple[str, str]],
     *,
-    layer: int,
+    layer: int | None = None,
+    layers: list[int] | None = None,
     positions: str = "all",
     max_length: int = 256,
     batch_tokens: int = 8192,
 ) -> Iterator[ExampleActivations]:
-    """Yield layer-`layer` activations for each (instruction, response) example.
+    """Yield layer-`layer` (or `layers`) activations for each (instruction, response) example.
+
+    Pass exactly one of `layer` or `layers`. With `layers`, one forward pass (stopped after the
+    deepest one) serves them all: `by_layer[l]` holds each, `acts` the first listed.
 
     `positions="all"` keeps every token after the shared chat prefix (instruction and response, as
     AxBench does); `"response"` keeps response tokens only. Examples are batched by length and
@@ -38,11 +43,16 @@ def extract_residuals(
     """
     if positions not in ("all", "response"):
         raise ValueError(f"positions={positions!r}; use 'all' or 'response'")
+    if (layer is None) == (layers is None):
+        raise ValueError("pass exactly one of layer= or layers=")
+    wanted = [layer] if layers is None else list(dict.fromkeys(layers))
+    if not wanted:
+        raise ValueError("layers= is empty; name at least one layer")
     tok = lm.tokenizer
     prefix = shared_prefix_length(tok, lm.chat)
     encoded = [tokenize_example(tok, i, r, lm.chat, max_length) for i, r in examples]
     order = sorted(range(len(encoded)), key=lambda k: len(encoded[k][0]))
-    block = lm.layers[layer]
+    deepest = max(wanted)
     results: dict[int, ExampleActivations] = {}
     next_out = 0
     start = 0
@@ -60,20 +70,42 @@ def extract_residuals(
             seq = encoded[k][0]
             ids[row, : len(seq)] = torch.tensor(seq)
             mask[row, : len(seq)] = 1
-        hidden = capture_residual(
-            lm.model, block, input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device)
+        hidden = _capture_layers(
+            lm, wanted, deepest, input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device)
         )
-        hidden = hidden.float().cpu().numpy()
         for row, k in enumerate(batch):
             seq, response_start = encoded[k]
             first = response_start if positions == "response" else prefix
             pos = np.arange(first, len(seq))
+            by_layer = {lay: np.ascontiguousarray(hidden[lay][row, pos]) for lay in wanted}
             results[k] = ExampleActivations(
                 index=k,
                 positions=pos,
                 tokens=tok.convert_ids_to_tokens([seq[p] for p in pos]),
-                acts=np.ascontiguousarray(hidden[row, pos]),
+                acts=by_layer[wanted[0]],
+                by_layer=by_layer,
             )
         while next_out in results:
             yield results.pop(next_out)
             next_out += 1
+
+
+def _capture_layers(
+    lm: LoadedModel, wanted: list[int], deepest: int, **inputs: torch.Tensor
+) -> dict[int, np.ndarray]:
+    """Outputs [B, T, d] of each wanted block, from one forward pass stopped after `deepest`."""
+    captured: dict[int, torch.Tensor] = {}
+
+    def keep(lay: int):
+        def hook(_module, _args, output):
+            captured[lay] = output[0] if isinstance(output, tuple) else output
+
+        return hook
+
+    handles = [lm.layers[lay].register_forward_hook(keep(lay)) for lay in wanted if lay != deepest]
+    try:
+        captured[deepest] = capture_residual(lm.model, lm.layers[deepest], **inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    return {lay: captured[lay].float().cpu().numpy() for lay in wanted}

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from axflow.lm.models import LoadedModel
 from axflow.lm.residual import add_to_residual
@@ -42,6 +43,7 @@ def generate(
     encoded = [tok(r.prompt, add_special_tokens=not chat)["input_ids"] for r in requests]
     order = sorted(range(len(requests)), key=lambda k: len(encoded[k]))
     outputs: list[str] = [""] * len(requests)
+    progress = tqdm(total=len(requests), unit="seq", desc="generate", mininterval=15)
     for start in range(0, len(order), batch_size):
         batch = order[start : start + batch_size]
         width = max(len(encoded[k]) for k in batch)
@@ -61,6 +63,8 @@ def generate(
             new_tokens = _sample(lm, ids, mask, gens, stop_ids, max_new_tokens, temperature)
         for row, k in enumerate(batch):
             outputs[k] = tok.decode(new_tokens[row], skip_special_tokens=True).strip()
+        progress.update(len(batch))
+    progress.close()
     return outputs
 
 
@@ -90,7 +94,13 @@ def _sample(lm, ids, mask, gens, stop_ids, max_new_tokens, temperature) -> list[
     device = lm.device
     ids, mask = ids.to(device), mask.to(device)
     position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-    out = lm.model(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=True)
+    out = lm.model(
+        input_ids=ids,
+        attention_mask=mask,
+        position_ids=position_ids,
+        use_cache=True,
+        logits_to_keep=1,  # only the last position's logits are sampled from
+    )
     past = out.past_key_values
     logits = out.logits[:, -1, :]
     done = torch.zeros(len(gens), dtype=torch.bool)
