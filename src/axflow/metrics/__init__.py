@@ -1,0 +1,1 @@
+"""Benchmark metrics: concept detection (`detection`) and steering factor selection (`steering`)."""

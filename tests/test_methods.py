@@ -1,0 +1,190 @@
+"""Methods: registry and config contract, fits on synthetic data, and detection on Concept10."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from axflow.methods import TokenBatch, build_method, method_class
+from axflow.methods.prompt import STEERING_TEMPLATE, steering_prompt
+from axflow.metrics.detection import max_pool, roc_auc
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "config/method"
+ALL_METHODS = ["diffmean", "pca", "lat", "probe", "prompt"]
+RANK_ONE = ["diffmean", "pca", "lat", "probe"]
+
+
+def synthetic_batch(seed: int = 0, d: int = 16, tokens: int = 20) -> tuple[TokenBatch, np.ndarray]:
+    """Ten positive and ten negative examples; positive tokens often carry a planted direction."""
+    rng = np.random.default_rng(seed)
+    planted = rng.normal(size=d)
+    planted /= np.linalg.norm(planted)
+    acts, example, label = [], [], []
+    for ex in range(20):
+        positive = ex % 2
+        h = rng.normal(size=(tokens, d))
+        if positive:
+            h[rng.random(tokens) < 0.5] += 4 * planted
+        acts.append(h)
+        example += [ex] * tokens
+        label += [positive] * tokens
+    batch = TokenBatch(
+        acts=np.concatenate(acts).astype(np.float32),
+        example=np.array(example),
+        label=np.array(label, dtype=np.int8),
+    )
+    return batch, planted
+
+
+# --- registry and configuration -------------------------------------------------------------
+
+
+def test_registry_lists_all_methods():
+    for kind in ALL_METHODS:
+        assert method_class(kind).name == kind
+    with pytest.raises(KeyError) as err:
+        method_class("no-such-method")
+    for kind in ALL_METHODS:
+        assert kind in str(err.value)
+
+
+@pytest.mark.parametrize("kind", ALL_METHODS)
+def test_config_file_builds_its_method(kind):
+    path = CONFIG_DIR / f"{kind}.yaml"
+    assert path.read_text().splitlines()[0] == f"# @package method.{kind}"
+    cfg = yaml.safe_load(path.read_text())
+    assert cfg["kind"] == kind
+    assert build_method(cfg).name == kind
+
+
+@pytest.mark.parametrize("kind", ALL_METHODS)
+def test_unknown_config_key_is_rejected_by_name(kind):
+    with pytest.raises(ValueError, match="learning_rte"):
+        build_method({"kind": kind, "learning_rte": 0.1})
+
+
+def test_probe_rejects_impossible_settings():
+    with pytest.raises(ValueError, match="batch_size"):
+        build_method({"kind": "probe", "batch_size": 0})
+    with pytest.raises(ValueError, match="lr"):
+        build_method({"kind": "probe", "lr": -1.0})
+
+
+@pytest.mark.parametrize("kind", RANK_ONE)
+def test_rank_one_methods_detect_and_steer_by_addition(kind):
+    cls = method_class(kind)
+    assert (cls.detects, cls.steering, cls.factor_free) == (True, "add", False)
+
+
+# --- prompt steering baseline ---------------------------------------------------------------
+
+
+def test_prompt_method_flags_and_fit():
+    method = build_method({"kind": "prompt"})
+    assert (method.detects, method.steering, method.factor_free) == (False, "prompt", True)
+    batch, _ = synthetic_batch()
+    assert method.fit(batch, concept="x", seed=0) == {}
+    with pytest.raises(NotImplementedError):
+        method.token_scores({}, batch.acts)
+
+
+def test_steering_prompt_carries_concept_and_instruction():
+    text = steering_prompt(" references to jazz music ", "Write a haiku about autumn.\n")
+    assert "references to jazz music" in text
+    assert text.endswith("Write a haiku about autumn.")
+    assert text == STEERING_TEMPLATE.format(
+        concept="references to jazz music", instruction="Write a haiku about autumn."
+    )
+    method = build_method({"kind": "prompt", "template": "{instruction} (mention {concept})"})
+    assert method.prompt_for("cats", "Hi") == "Hi (mention cats)"
+    with pytest.raises(ValueError, match="instruction"):
+        build_method({"kind": "prompt", "template": "only {concept}"})
+
+
+# --- fits on synthetic data (no model needed) -----------------------------------------------
+
+
+def test_diffmean_is_the_normalised_difference_of_token_means():
+    batch = TokenBatch(
+        acts=np.array([[1.0, 0.0], [3.0, 0.0], [0.0, 2.0]], dtype=np.float32),
+        example=np.array([0, 0, 1]),
+        label=np.array([1, 1, 0], dtype=np.int8),
+    )
+    params = build_method({"kind": "diffmean"}).fit(batch, concept="c", seed=0)
+    np.testing.assert_allclose(params["direction"], np.array([1.0, -1.0]) / np.sqrt(2), rtol=1e-6)
+
+
+@pytest.mark.parametrize("kind", RANK_ONE)
+def test_rank_one_fit_finds_planted_direction(kind):
+    batch, planted = synthetic_batch()
+    method = build_method({"kind": kind})
+    params = method.fit(batch, concept="planted", seed=0)
+    assert params["direction"].dtype == np.float32 and params["direction"].shape == (16,)
+    assert np.linalg.norm(params["direction"]) == pytest.approx(1.0, abs=1e-5)
+    assert params["bias"].shape == ()
+    # Oriented: positives project higher, so the direction points along the planted one (the
+    # probe's 48 short steps from a random start get there less completely: cosine ≈ 0.65).
+    assert float(params["direction"] @ planted) > 0.5
+    maxima, _ = max_pool(method.token_scores(params, batch.acts), batch.example)
+    _, labels = batch.example_labels()
+    assert roc_auc(labels, maxima) > 0.95
+
+
+@pytest.mark.parametrize("kind", ["pca", "lat"])
+def test_orient_sign_only_flips(kind):
+    batch, _ = synthetic_batch(seed=3)
+    oriented = build_method({"kind": kind}).fit(batch, concept="c", seed=1)["direction"]
+    raw = build_method({"kind": kind, "orient_sign": False}).fit(batch, concept="c", seed=1)
+    assert abs(float(oriented @ raw["direction"])) == pytest.approx(1.0, abs=1e-5)
+
+
+# --- Concept10: held-out detection and determinism ------------------------------------------
+
+# Mean held-out AUROC floors over the 10 concepts, about 0.05 under the values measured with
+# SmolLM2-135M-Instruct (DiffMean .905/.938, PCA .767/.886, LAT .780/.886, Probe .812/.801 at
+# layers 10/20). PCA and LAT fit positives only and are weaker, as in AxBench.
+CONCEPT10_FLOORS = {
+    ("diffmean", 10): 0.85,
+    ("diffmean", 20): 0.88,
+    ("pca", 10): 0.70,
+    ("pca", 20): 0.83,
+    ("lat", 10): 0.70,
+    ("lat", 20): 0.83,
+    ("probe", 10): 0.75,
+    ("probe", 20): 0.75,
+}
+
+
+def held_out_aurocs(acts, method, layer: int, seed: int = 42) -> list[float]:
+    aurocs = []
+    for concept_id, concept in sorted(acts.concepts.items()):
+        params = method.fit(acts.train_batch(concept_id, layer), concept=concept, seed=seed)
+        token_acts, example, rows = acts.eval_tokens(concept_id, layer)
+        maxima, _ = max_pool(method.token_scores(params, token_acts), example)
+        assert len(maxima) == rows.height
+        category = rows["category"].to_numpy()
+        scored = category != "hard negative"
+        aurocs.append(roc_auc((category[scored] == "positive").astype(int), maxima[scored]))
+    return aurocs
+
+
+@pytest.mark.parametrize(("kind", "layer"), sorted(CONCEPT10_FLOORS))
+def test_method_separates_held_out_concept10(concept10_acts, kind, layer):
+    aurocs = held_out_aurocs(concept10_acts, build_method({"kind": kind}), layer)
+    mean = float(np.mean(aurocs))
+    print(f"\n{kind} L{layer}: mean held-out AUROC {mean:.4f}")
+    assert mean >= CONCEPT10_FLOORS[kind, layer], f"{kind} L{layer}: {np.round(aurocs, 3)}"
+
+
+@pytest.mark.parametrize("kind", RANK_ONE)
+def test_fit_is_deterministic_for_a_seed(concept10_acts, kind):
+    batch = concept10_acts.train_batch(0, 10)
+    method = build_method({"kind": kind})
+    first = method.fit(batch, concept="c0", seed=7)
+    second = method.fit(batch, concept="c0", seed=7)
+    assert first.keys() == second.keys()
+    for name in first:
+        np.testing.assert_array_equal(first[name], second[name])
