@@ -1,6 +1,7 @@
 """Shared fixtures: the small test model and Concept10 activations, each prepared once a session.
 
-Environment: AXFLOW_TEST_MODEL_DIR (prepared SmolLM2 folder, default /tmp/smol), AXFLOW_SHARED_DATA
+Environment: AXFLOW_TEST_MODEL_DIR (a prepared SmolLM2 folder; default: prepared from the
+bundled GGUF once per machine under AXFLOW_TEST_CACHE), AXFLOW_SHARED_DATA
 (the `shared/data` dir), AXFLOW_TEST_CACHE (where extracted activations persist between runs,
 default ~/.cache/axflow/tests; "off" re-extracts every session).
 """
@@ -33,12 +34,24 @@ ACT_LAYERS = (10, 20)  # the two AxBench 2B layers, read from one forward pass
 ACT_MAX_LENGTH = 128
 
 
+def persistent_test_cache() -> Path | None:
+    """Where slow, deterministic test inputs persist between runs (None: AXFLOW_TEST_CACHE=off)."""
+    setting = os.environ.get("AXFLOW_TEST_CACHE", str(Path.home() / ".cache/axflow/tests"))
+    return None if setting in ("", "off") else Path(setting)
+
+
 @pytest.fixture(scope="session")
-def smollm_dir() -> Path:
-    """A prepared SmolLM2-135M-Instruct folder (fp32 safetensors)."""
-    path = Path(os.environ.get("AXFLOW_TEST_MODEL_DIR", "/tmp/smol"))
+def smollm_dir(tmp_path_factory) -> Path:
+    """A prepared SmolLM2-135M-Instruct folder (fp32 safetensors), made by the rule's own code."""
+    if os.environ.get("AXFLOW_TEST_MODEL_DIR"):
+        return Path(os.environ["AXFLOW_TEST_MODEL_DIR"])
+    from axflow.config import compose
+    from axflow.lm.models import prepare_model
+
+    base = persistent_test_cache() or tmp_path_factory.mktemp("models")
+    path = base / "models" / "smollm2-135m-instruct"
     if not (path / "config.json").exists():
-        pytest.skip(f"no prepared SmolLM2 at {path}; set AXFLOW_TEST_MODEL_DIR to one")
+        prepare_model(compose()["model"], path)
     return path
 
 

@@ -18,7 +18,10 @@ def test_default_config_composes_and_plans():
 
 
 def test_snakemake_config_pairs_become_hydra_overrides():
-    pairs = {"overrides": "model.layer=20 'steering.factors=[0.5,1.0]'", "method": ["diffmean", "probe"]}
+    pairs = {
+        "overrides": "model.layer=20 'steering.factors=[0.5,1.0]'",
+        "method": ["diffmean", "probe"],
+    }
     assert overrides_from_snakemake(pairs) == [
         "model.layer=20",
         "steering.factors=[0.5,1.0]",

@@ -2,14 +2,13 @@
 
 The OpenAI backend is tested against a real OpenAI-compatible HTTP server on 127.0.0.1 that
 answers with scripted replies; the embedded backend uses the real MiniLM and a small target model
-from $AXFLOW_TEST_MODEL_DIR (default /tmp/smol).
+from the session's `smollm_dir` fixture (tests/conftest.py).
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -101,12 +100,6 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(before)
 
 
-MODEL_DIR = os.environ.get("AXFLOW_TEST_MODEL_DIR", "/tmp/smol")
-needs_model = pytest.mark.skipif(
-    not (Path(MODEL_DIR) / "config.json").exists(),
-    reason=f"no target model at {MODEL_DIR}; set AXFLOW_TEST_MODEL_DIR to an HF model folder",
-)
-
 VIDEO = "references to video and multimedia content"
 BREAD = "How do I bake bread at home?"
 ON_CONCEPT = "Watch the video tutorial on YouTube, then stream the recorded movie clips in HD."
@@ -116,10 +109,13 @@ SALAD = "hour rise then dough for the minutes. bake in warm thirty place, it Let
 LOOP = " ".join(["bread"] * 24)
 
 
-@needs_model
-def test_embedded_judge_ranks_concept_instruction_and_fluency(tmp_path: Path) -> None:
+def test_embedded_judge_ranks_concept_instruction_and_fluency(
+    tmp_path: Path, smollm_dir: Path
+) -> None:
     cache = CallCache(tmp_path / "c.sqlite")
-    judge = build_judge({"name": "embedded", "batch_size": 4}, model_dir=MODEL_DIR, cache=cache)
+    judge = build_judge(
+        {"name": "embedded", "batch_size": 4}, model_dir=str(smollm_dir), cache=cache
+    )
     items = [
         JudgeItem(VIDEO, BREAD, ON_CONCEPT),
         JudgeItem(VIDEO, BREAD, ON_BREAD),
@@ -139,20 +135,21 @@ def test_embedded_judge_ranks_concept_instruction_and_fluency(tmp_path: Path) ->
     assert all(r.failures == 0 for r in (on_concept, on_bread, fluent, salad, loop))
 
     # A rerun is served from the cache: same ratings, and no model is loaded.
-    again = build_judge({"name": "embedded"}, model_dir=MODEL_DIR, cache=CallCache(cache.path))
+    again = build_judge(
+        {"name": "embedded"}, model_dir=str(smollm_dir), cache=CallCache(cache.path)
+    )
     assert again.rate(items) == [on_concept, on_bread, fluent, salad, loop, empty]
     assert again._embedder is None and again._lm is None
 
 
-@needs_model
-def test_batched_perplexity_matches_one_at_a_time() -> None:
+def test_batched_perplexity_matches_one_at_a_time(smollm_dir: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from axflow.judge.embedded import sequence_perplexities
 
-    tok = AutoTokenizer.from_pretrained(MODEL_DIR)
-    model = AutoModelForCausalLM.from_pretrained(MODEL_DIR, dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(smollm_dir)
+    model = AutoModelForCausalLM.from_pretrained(smollm_dir, dtype=torch.float32).eval()
     pairs = [(BREAD, FLUENT), ("Hi", "Hello! How can I help you today?"), (BREAD, "")]
     one = sequence_perplexities(model, tok, pairs, batch_size=1)
     batched = sequence_perplexities(model, tok, pairs, batch_size=3)

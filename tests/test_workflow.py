@@ -10,7 +10,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from axflow.config import REPO_ROOT
+from axflow.config import REPO_ROOT, compose, make_plan
 
 TINY = [
     "dataset.max_concepts=3",
@@ -32,7 +32,11 @@ def snakemake(results: Path, *args: str, extra: list[str] = ()) -> subprocess.Co
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     cmd = [sys.executable, "-m", "snakemake", "--cores", "2", "--directory", str(REPO_ROOT)]
     return subprocess.run(
-        [*cmd, *args, "--config", "overrides=" + " ".join(overrides)], capture_output=True, text=True, env=env, check=False
+        [*cmd, *args, "--config", "overrides=" + " ".join(overrides)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
     )
 
 
@@ -54,8 +58,13 @@ def planned_jobs(results: Path, extra: list[str] = ()) -> dict[str, int]:
 
 
 @pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory) -> Path:
+def tiny_run(tmp_path_factory, smollm_dir) -> Path:
     results = tmp_path_factory.mktemp("workflow") / "results"
+    # The session's prepared model stands in for the prepare_model job (same code, run once).
+    plan = make_plan(compose())
+    weights = Path(f"{results}/models/{plan.model_key}/weights")
+    weights.parent.mkdir(parents=True)
+    weights.symlink_to(smollm_dir.resolve(), target_is_directory=True)
     proc = snakemake(results)
     logs = "\n".join(p.read_text() for p in results.glob("logs/**/*.log"))
     assert proc.returncode == 0, proc.stdout + proc.stderr + logs
