@@ -43,7 +43,7 @@ def flops_per_token(config, layers: int, mean_len: float) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--model-dir", default=None, help="prepared model folder (default: convert)")
+    parser.add_argument("--model-dir", default=None, help="prepared model folder")
     parser.add_argument("--layer", type=int, default=10)
     parser.add_argument("--examples", type=int, default=256)
     parser.add_argument("--threads", type=int, default=2)
