@@ -61,13 +61,28 @@ class Method:
         raise NotImplementedError
 
     def token_scores(self, params: dict[str, np.ndarray], acts: np.ndarray) -> np.ndarray:
-        """Detection score of every token ([n_tokens]) from `acts` ([n_tokens, d])."""
-        raise NotImplementedError(f"method {self.name!r} does not detect")
+        """Detection score of every token ([n_tokens]) from `acts` ([n_tokens, d]).
+
+        Default for rank-1 methods: the projection h·w on the learned direction.
+        """
+        if not self.detects:
+            raise NotImplementedError(f"method {self.name!r} does not detect")
+        return np.asarray(acts, dtype=np.float32) @ params["direction"].astype(np.float32)
 
     def steering_vector(self, params: dict[str, np.ndarray]) -> np.ndarray:
         """Unit-norm direction added to the residual stream (for steering == 'add')."""
         v = np.asarray(params["direction"], dtype=np.float32)
         return v / max(float(np.linalg.norm(v)), 1e-12)
+
+
+def orient_to_positives(
+    direction: np.ndarray, acts: np.ndarray, positive: np.ndarray
+) -> np.ndarray:
+    """Flip a sign-ambiguous direction (a principal component) so positives project higher."""
+    if positive.all() or not positive.any():
+        return direction
+    gap = acts[positive].mean(axis=0) - acts[~positive].mean(axis=0)
+    return -direction if float(gap @ direction) < 0 else direction
 
 
 def register(name: str):

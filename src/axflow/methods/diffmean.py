@@ -34,6 +34,3 @@ class DiffMean(Method):
         diff = acts[positive].mean(axis=0) - acts[~positive].mean(axis=0)
         direction = diff / max(float(np.linalg.norm(diff)), 1e-12)
         return {"direction": direction.astype(np.float32), "bias": np.zeros((), np.float32)}
-
-    def token_scores(self, params: dict[str, np.ndarray], acts: np.ndarray) -> np.ndarray:
-        return np.asarray(acts, dtype=np.float32) @ params["direction"].astype(np.float32)

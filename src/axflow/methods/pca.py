@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.decomposition import PCA as SklearnPCA
 
-from axflow.methods import Method, TokenBatch, register
+from axflow.methods import Method, TokenBatch, orient_to_positives, register
 
 
 @dataclass
@@ -36,11 +36,6 @@ class PCA(Method):
         pca = SklearnPCA(n_components=1, svd_solver="covariance_eigh", random_state=seed)
         direction = pca.fit(acts[positive]).components_[0]
         direction /= max(float(np.linalg.norm(direction)), 1e-12)
-        if self.cfg.orient_sign and not positive.all():
-            gap = acts[positive].mean(axis=0) - acts[~positive].mean(axis=0)
-            if float(gap @ direction) < 0:
-                direction = -direction
+        if self.cfg.orient_sign:
+            direction = orient_to_positives(direction, acts, positive)
         return {"direction": direction.astype(np.float32), "bias": np.zeros((), np.float32)}
-
-    def token_scores(self, params: dict[str, np.ndarray], acts: np.ndarray) -> np.ndarray:
-        return np.asarray(acts, dtype=np.float32) @ params["direction"].astype(np.float32)
