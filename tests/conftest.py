@@ -123,10 +123,12 @@ def _cache_key(model_dir: Path, data_dir: Path) -> str:
         digest.update((data_dir / name).read_bytes())
     from axflow.lm.models import weights_dir
 
+    # Content, not location: every preparation of the same GGUF writes the same files.
     weights = weights_dir(model_dir)
-    for path in sorted(weights.iterdir()):
-        stat = path.stat()
-        digest.update(f"{path.name} {stat.st_size} {stat.st_mtime_ns}".encode())
+    for name in ("config.json", "tokenizer.json"):
+        digest.update((weights / name).read_bytes())
+    for path in sorted(weights.glob("*.safetensors")):
+        digest.update(f"{path.name} {path.stat().st_size}".encode())
     return digest.hexdigest()[:16]
 
 
