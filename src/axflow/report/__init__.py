@@ -6,9 +6,9 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
-from axflow.metrics.steering import select_factor
 
 from axflow import store
+from axflow.metrics.steering import select_factor
 
 SCORES = ["concept_score", "instruction_score", "fluency_score", "overall"]
 

@@ -1,0 +1,1 @@
+"""axflow: a reproducible concept-detection and steering benchmark (AxBench re-implementation)."""

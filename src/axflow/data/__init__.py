@@ -1,0 +1,1 @@
+"""Concept lists, instruction pools, AxBench importers and dataset synthesis."""

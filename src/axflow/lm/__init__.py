@@ -1,0 +1,1 @@
+"""Target-model loading, prompt formats, residual hooks, extraction and steered generation."""
