@@ -29,7 +29,7 @@ test: venv
 	PATH=$(CURDIR)/$(BIN):$$PATH $(MAKE) lint
 
 lint: venv
-	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff check --no-cache src tests bench
 	$(BIN)/snakefmt --check Snakefile rules
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/snakemake --lint
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/snakemake --cores $(CORES) --dry-run --quiet

@@ -186,9 +186,8 @@ def _concept_params(tensors: dict[str, np.ndarray], row: int) -> dict[str, np.nd
 
 @stage("detect")
 def detect_stage(spec: dict[str, Any]) -> None:
-    from axflow.metrics.detection import hard_negative_accuracy, max_pool, roc_auc, youden_threshold
-
     from axflow.methods import build_method
+    from axflow.metrics.detection import hard_negative_accuracy, max_pool, roc_auc, youden_threshold
 
     method = build_method(spec["slice"]["method"])
     tensors, _ = store.read_tensors(spec["input"]["params"])
@@ -256,12 +255,11 @@ def steering_strength_base(metrics_path: str | None) -> dict[int, float]:
 
 @stage("steer")
 def steer_stage(spec: dict[str, Any]) -> None:
-    from axflow.methods.prompt import steering_prompt
-
     from axflow.data.synthesize import row_seed
     from axflow.lm.generate import GenerationRequest, generate
     from axflow.lm.prompts import format_prompt
     from axflow.methods import build_method
+    from axflow.methods.prompt import steering_prompt
 
     s = spec["slice"]
     st, train = s["steering"], s["train"]
