@@ -205,7 +205,7 @@ def detect_stage(spec: dict[str, Any]) -> None:
         tokens = sub["token"].to_list()
         for j, ex in enumerate(ex_ids):
             sel = np.flatnonzero(examples == ex)
-            best = sel[int(np.argmax(scores[sel]))]
+            best = sel[int(argmax[j])]  # max_pool: offset of the max within the example
             score_rows.append(
                 {
                     "concept_id": cid,
