@@ -52,7 +52,6 @@ def extract_residuals(
     prefix = shared_prefix_length(tok, lm.chat)
     encoded = [tokenize_example(tok, i, r, lm.chat, max_length) for i, r in examples]
     order = sorted(range(len(encoded)), key=lambda k: len(encoded[k][0]))
-    deepest = max(wanted)
     results: dict[int, ExampleActivations] = {}
     next_out = 0
     start = 0
@@ -70,9 +69,13 @@ def extract_residuals(
             seq = encoded[k][0]
             ids[row, : len(seq)] = torch.tensor(seq)
             mask[row, : len(seq)] = 1
-        hidden = _capture_layers(
-            lm, wanted, deepest, input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device)
+        outputs = capture_residual(
+            lm.model,
+            [lm.layers[lay] for lay in wanted],
+            input_ids=ids.to(lm.device),
+            attention_mask=mask.to(lm.device),
         )
+        hidden = {lay: out.float().cpu().numpy() for lay, out in zip(wanted, outputs, strict=True)}
         for row, k in enumerate(batch):
             seq, response_start = encoded[k]
             first = response_start if positions == "response" else prefix
@@ -88,24 +91,3 @@ def extract_residuals(
         while next_out in results:
             yield results.pop(next_out)
             next_out += 1
-
-
-def _capture_layers(
-    lm: LoadedModel, wanted: list[int], deepest: int, **inputs: torch.Tensor
-) -> dict[int, np.ndarray]:
-    """Outputs [B, T, d] of each wanted block, from one forward pass stopped after `deepest`."""
-    captured: dict[int, torch.Tensor] = {}
-
-    def keep(lay: int):
-        def hook(_module, _args, output):
-            captured[lay] = output[0] if isinstance(output, tuple) else output
-
-        return hook
-
-    handles = [lm.layers[lay].register_forward_hook(keep(lay)) for lay in wanted if lay != deepest]
-    try:
-        captured[deepest] = capture_residual(lm.model, lm.layers[deepest], **inputs)
-    finally:
-        for h in handles:
-            h.remove()
-    return {lay: captured[lay].float().cpu().numpy() for lay in wanted}

@@ -22,22 +22,32 @@ def _replace_hidden(output: Any, hidden: torch.Tensor) -> Any:
 
 
 @torch.no_grad()
-def capture_residual(model: Any, block: torch.nn.Module, **inputs: Any) -> torch.Tensor:
-    """Run `model` up to and including `block` and return that block's output [B, T, d]."""
-    captured: dict[str, torch.Tensor] = {}
+def capture_residual(
+    model: Any, blocks: list[torch.nn.Module], **inputs: Any
+) -> list[torch.Tensor]:
+    """Run `model` until every block in `blocks` has run; return their outputs [B, T, d] in order.
 
-    def hook(_module, _args, output):
-        captured["h"] = _hidden(output)
-        raise _StopForward
+    The forward pass stops as soon as the last of them fires, so layers above are never run.
+    """
+    captured: dict[int, torch.Tensor] = {}
 
-    handle = block.register_forward_hook(hook)
+    def keep(i: int):
+        def hook(_module, _args, output):
+            captured[i] = _hidden(output)
+            if len(captured) == len(blocks):
+                raise _StopForward
+
+        return hook
+
+    handles = [block.register_forward_hook(keep(i)) for i, block in enumerate(blocks)]
     try:
         model(**inputs, use_cache=False)
     except _StopForward:
         pass
     finally:
-        handle.remove()
-    return captured["h"]
+        for handle in handles:
+            handle.remove()
+    return [captured[i] for i in range(len(blocks))]
 
 
 @contextmanager
