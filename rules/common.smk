@@ -94,20 +94,27 @@ def acts_inputs(wildcards):
 
 
 def train_inputs(wildcards):
-    akey = upstream_key("train", wildcards.key, "acts")
-    dkey = stage_key(slice_of("train", wildcards.key)["acts"]["data"])
+    acts = slice_of("train", wildcards.key)["acts"]
+    dkey = stage_key(acts["data"])
     return {
-        "acts": acts_path(akey, "train"),
+        "acts": acts_path(stage_key(acts), "train"),
         "examples": data_path(dkey, "train"),
         "concepts": data_path(dkey, "concepts"),
+        "model": model_path(
+            stage_key(acts["model"])
+        ),  # loaded only by methods that use it
     }
 
 
 def detect_inputs(wildcards):
-    akey = upstream_key("train", wildcards.key, "acts")
+    acts = slice_of("train", wildcards.key)["acts"]
+    dkey = stage_key(acts["data"])
     return {
         "params": train_path(wildcards.method, wildcards.key),
-        "acts": acts_path(akey, "detect_eval"),
+        "acts": acts_path(stage_key(acts), "detect_eval"),
+        "examples": data_path(dkey, "detect_eval"),
+        "concepts": data_path(dkey, "concepts"),
+        "model": model_path(stage_key(acts["model"])),
     }
 
 
@@ -140,9 +147,13 @@ def judge_inputs(wildcards):
 def report_inputs(wildcards):
     inputs = {}
     for m in PLAN.methods:
+        inputs[f"params__{m.name}"] = train_path(m.name, m.train_key)
         if m.detects:
             inputs[f"detect__{m.name}"] = detect_path(m.name, m.train_key, "metrics")
-        inputs[f"ratings__{m.name}"] = judge_path(m.name, m.judge_key)
+            inputs[f"pool__{m.name}"] = detect_path(m.name, m.train_key, "pool")
+            inputs[f"scores__{m.name}"] = detect_path(m.name, m.train_key, "scores")
+        if m.steering is not None:
+            inputs[f"ratings__{m.name}"] = judge_path(m.name, m.judge_key)
     return inputs
 
 
@@ -153,6 +164,7 @@ def report_extra():
             "name": m.name,
             "kind": m.kind,
             "detects": m.detects,
+            "detect_level": m.detect_level,
             "steering": m.steering,
             "factor_free": m.factor_free,
         }

@@ -4,11 +4,12 @@ rule detect:
     output:
         scores=f"{RES}/detect/{{method}}/{{key}}/scores.parquet",
         metrics=f"{RES}/detect/{{method}}/{{key}}/metrics.parquet",
+        pool=f"{RES}/detect/{{method}}/{{key}}/pool.parquet",
     log:
         f"{RES}/logs/detect/{{method}}_{{key}}.log",
     conda:
         "../workflow/envs/axflow.yaml"
-    threads: 1
+    threads: workflow.cores
     params:
         spec=stage_spec("detect", slice_stage="train"),
     shell:

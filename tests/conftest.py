@@ -19,7 +19,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from axflow.methods import TokenBatch
+from axflow.methods import Example, TokenBatch
 from axflow.store import atomic_dir
 
 SHARED_DATA = Path(
@@ -105,7 +105,23 @@ class Concept10Acts:
         idx = self.train.tokens_of(rows["row"].to_numpy())
         example = self.train.example[idx]
         label = positive[np.searchsorted(rows["row"].to_numpy(), example)].astype(np.int8)
-        return TokenBatch(acts=self.train.acts[layer][idx], example=example, label=label)
+        examples = [
+            Example(r["row"], r["input"], r["output"], int(r["concept_id"] == concept_id))
+            for r in rows.sort("row").iter_rows(named=True)
+        ]
+        return TokenBatch(
+            acts=self.train.acts[layer][idx], example=example, label=label, examples=examples
+        )
+
+    def eval_examples(self, concept_id: int) -> list[Example]:
+        """The concept's detection-eval rows as text (sorted by row, like `eval_tokens`)."""
+        rows = self.eval.rows.filter(pl.col("concept_id") == concept_id).sort("row")
+        return [
+            Example(
+                r["row"], r["input"], r["output"], int(r["category"] == "positive"), r["category"]
+            )
+            for r in rows.iter_rows(named=True)
+        ]
 
     def eval_tokens(
         self, concept_id: int, layer: int

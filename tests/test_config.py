@@ -14,7 +14,7 @@ def test_default_config_composes_and_plans():
     names = [m.name for m in plan.methods]
     assert {"diffmean", "pca", "lat", "probe", "prompt"} <= set(names)
     prompt = next(m for m in plan.methods if m.name == "prompt")
-    assert prompt.factor_free and not prompt.detects
+    assert prompt.factor_free and prompt.detects and prompt.detect_level == "sequence"
 
 
 def test_snakemake_config_pairs_become_hydra_overrides():

@@ -6,8 +6,14 @@ import numpy as np
 import polars as pl
 import pytest
 
-from axflow.metrics.detection import hard_negative_accuracy, max_pool, roc_auc, youden_threshold
-from axflow.metrics.steering import select_factor
+from axflow.metrics.detection import (
+    hard_negative_accuracy,
+    max_f1,
+    max_pool,
+    roc_auc,
+    youden_threshold,
+)
+from axflow.metrics.steering import select_factor, winrate
 
 
 def test_roc_auc_counts_correctly_ordered_pairs():
@@ -143,3 +149,45 @@ def test_select_factor_rejects_bad_input_with_a_clear_message():
         select_factor(_ratings([(0, "train", 1.0, 1.0)]))
     with pytest.raises(ValueError, match="null factor"):
         select_factor(_ratings([(0, "select", 1.0, 1.0), (0, "test", None, 1.0)]))
+
+
+def test_max_f1_finds_the_best_threshold_by_hand():
+    # Scores 0.9 (pos), 0.8 (neg), 0.7 (pos), 0.1 (neg): threshold 0.7 gives P = 2/3, R = 1,
+    # F1 = 0.8; threshold 0.9 gives P = 1, R = 1/2, F1 = 2/3.
+    f1, thr = max_f1([1, 0, 1, 0], [0.9, 0.8, 0.7, 0.1])
+    assert f1 == pytest.approx(0.8) and thr == pytest.approx(0.7)
+    assert max_f1([1, 1], [0.2, 0.3]) == (None, None)
+
+
+def test_imbalanced_pool_lowers_f1_of_a_weak_scorer():
+    """100 negatives per positive: a scorer overlapping the pool loses F1, a clean one keeps it."""
+    from axflow.report import imbalanced_f1
+
+    rng = np.random.default_rng(0)
+    scores = pl.DataFrame(
+        {
+            "concept_id": [0] * 4 + [1] * 4,
+            "category": ["positive"] * 4 + ["positive"] * 4,
+            "max_act": np.r_[[5.0] * 4, [1.0] * 4].astype(np.float32),
+        }
+    )
+    pool = pl.DataFrame(
+        {
+            "concept_id": [0] * 1000 + [1] * 1000,
+            "example_id": list(range(1000)) * 2,
+            "max_act": np.r_[rng.normal(0, 0.5, 1000), rng.normal(0, 0.5, 1000)].astype(np.float32),
+        }
+    )
+    table, ratio = imbalanced_f1(scores, pool, factor=100, seed=0)
+    assert ratio == pytest.approx(100)
+    f1 = dict(zip(table["concept_id"], table["imbalanced_f1"], strict=True))
+    assert f1[0] == pytest.approx(1.0) and f1[1] < 0.9
+    _, small = imbalanced_f1(scores, pool.head(50), factor=100, seed=0)
+    assert small == pytest.approx(50 / 4)  # pool too small: every negative, ratio reported
+
+
+def test_winrate_counts_wins_ties_and_losses_per_concept():
+    a = pl.DataFrame({"concept_id": [0, 1, 2, 3], "test_score": [1.0, 0.5, 0.2, None]})
+    b = pl.DataFrame({"concept_id": [0, 1, 2, 3], "test_score": [0.5, 0.5, 0.9, 1.0]})
+    assert winrate(a, b) == pytest.approx((1 + 0.5 + 0) / 3)  # concept 3 unscored: left out
+    assert winrate(a, a.head(0)) is None

@@ -22,7 +22,8 @@ TINY = [
     "steering.instructions_per_concept=2",
     "steering.factors=[0.5,1.0]",
     "steering.max_new_tokens=6",
-    "method=[diffmean,lat,prompt]",
+    "method=[diffmean,lat,prompt,bow,random]",
+    "+method.random.max_concepts=2",  # the generic per-method concept limit
     "name=tiny",
 ]
 
@@ -73,17 +74,27 @@ def tiny_run(tmp_path_factory, smollm_dir) -> Path:
 
 def test_dag_writes_report_and_leaderboard(tiny_run):
     board = pl.read_csv(tiny_run / "tiny" / "leaderboard.csv")
-    assert set(board["method"]) == {"diffmean", "lat", "prompt"}
-    diffmean = board.filter(pl.col("method") == "diffmean").row(0, named=True)
+    assert set(board["method"]) == {"diffmean", "lat", "prompt", "bow", "random"}
+    row = {r["method"]: r for r in board.iter_rows(named=True)}
+    diffmean, prompt, bow, rand = row["diffmean"], row["prompt"], row["bow"], row["random"]
     assert 0.0 <= diffmean["detection_auroc"] <= 1.0
     assert 0.0 <= diffmean["steering_score"] <= 2.0
+    assert 0.0 <= diffmean["imbalanced_f1"] <= 1.0
     assert diffmean["n_concepts"] == 3
-    prompt = board.filter(pl.col("method") == "prompt").row(0, named=True)
     # Factor-free: one generation per instruction, not one per factor.
     assert prompt["generations"] == 3 * 2
     assert diffmean["generations"] == 3 * 2 * 2
+    # The prompt baseline detects (sequence level: no token pool) and is the winrate baseline.
+    assert 0.0 <= prompt["detection_auroc"] <= 1.0 and prompt["imbalanced_f1"] is None
+    assert prompt["winrate"] == 0.5 and 0.0 <= diffmean["winrate"] <= 1.0
+    # Detection-only: a detection row and no steering jobs at all.
+    assert 0.0 <= bow["detection_auroc"] <= 1.0 and bow["steering_score"] is None
+    assert not list(tiny_run.glob("steer/bow/*"))
+    # max_concepts=2: the third concept is reported as unmatched, never silently dropped.
+    assert rand["unmatched"] == 1 and rand["n_concepts"] == 2
     report = (tiny_run / "tiny" / "report.md").read_text()
     assert "## Leaderboard" in report and "diffmean" in report
+    assert "not trained: method.random.max_concepts=2" in report
 
 
 def test_every_stage_writes_its_resolved_config(tiny_run):
@@ -99,7 +110,7 @@ def test_rerun_executes_zero_jobs(tiny_run):
 def test_judge_change_reruns_only_judge_and_report(tiny_run):
     jobs = planned_jobs(tiny_run, ["judge.perplexity_thresholds=[30.0,90.0]"])
     assert set(jobs) == {"judge", "report", "all"}
-    assert jobs["judge"] == 3
+    assert jobs["judge"] == 4  # every steering method; bow only detects
 
 
 def test_method_change_reruns_only_that_method(tiny_run):
@@ -111,4 +122,4 @@ def test_method_change_reruns_only_that_method(tiny_run):
 def test_factor_grid_change_spares_factor_free_methods(tiny_run):
     jobs = planned_jobs(tiny_run, ["steering.factors=[0.5,2.0]"])
     assert set(jobs) == {"steer", "judge", "report", "all"}
-    assert jobs["steer"] == 2  # diffmean and lat; prompt ignores factors
+    assert jobs["steer"] == 3  # diffmean, lat and random; prompt ignores factors

@@ -101,11 +101,12 @@ class MethodPlan:
     name: str
     kind: str
     detects: bool
-    steering: str
+    detect_level: str
+    steering: str | None  # None: detection only, no steer/judge jobs
     factor_free: bool
     train_key: str
-    steer_key: str
-    judge_key: str
+    steer_key: str | None
+    judge_key: str | None
 
 
 @dataclass
@@ -157,17 +158,20 @@ def make_plan(cfg: dict[str, Any]) -> Plan:
         cls = method_class(mcfg["kind"])
         train_slice = {"acts": acts_slice, "method": mcfg, "method_name": name, "seed": cfg["seed"]}
         train_key = plan.add("train", train_slice)
-        steering = dict(cfg["steering"])
-        if cls.factor_free:  # the factor grid cannot change a factor-free method's output
-            steering.pop("factors")
-        steer_slice = {"train": train_slice, "steering": steering}
-        steer_key = plan.add("steer", steer_slice)
-        judge_key = plan.add("judge", {"steer": steer_slice, "judge": cfg["judge"]})
+        steer_key = judge_key = None
+        if cls.steering is not None:
+            steering = dict(cfg["steering"])
+            if cls.factor_free:  # the factor grid cannot change a factor-free method's output
+                steering.pop("factors")
+            steer_slice = {"train": train_slice, "steering": steering}
+            steer_key = plan.add("steer", steer_slice)
+            judge_key = plan.add("judge", {"steer": steer_slice, "judge": cfg["judge"]})
         plan.methods.append(
             MethodPlan(
                 name=name,
                 kind=mcfg["kind"],
                 detects=cls.detects,
+                detect_level=cls.detect_level,
                 steering=cls.steering,
                 factor_free=cls.factor_free,
                 train_key=train_key,

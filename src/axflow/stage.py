@@ -7,6 +7,7 @@ folder, the resolved slice as `config.json`, so every artefact is self-describin
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -152,72 +153,173 @@ def read_activations(path: str) -> tuple[pl.DataFrame, np.ndarray]:
     return pl.from_arrow(table.drop(["act"])), matrix
 
 
+def _runtime(spec: dict[str, Any], train_slice: dict[str, Any]):
+    """The method's `Runtime`: the job's model (loaded lazily) at the slice's layer."""
+    from axflow.methods import Runtime
+
+    acts = train_slice["acts"]
+    mcfg = acts["model"]["model"]
+    model = spec["input"].get("model")
+    return Runtime(model, layer=acts["layer"], dtype=mcfg["dtype"], chat=mcfg["chat"])
+
+
+def _examples(path: str):
+    """Rows of an examples file as `Example`s, indexed by example id (= row number)."""
+    from axflow.methods import Example
+
+    ex = store.read_table(path, "examples").to_pydict()
+    return [
+        Example(k, ins, out, int(cat == "positive"), cat)
+        for k, (ins, out, cat) in enumerate(
+            zip(ex["input"], ex["output"], ex["category"], strict=True)
+        )
+    ]
+
+
 @stage("train")
 def train_stage(spec: dict[str, Any]) -> None:
-    from axflow.methods import TokenBatch, build_method
+    from axflow.methods import TokenBatch, Unmatched, build_method
 
     s = spec["slice"]
-    method = build_method(s["method"])
+    method = build_method(s["method"], _runtime(spec, s))
     concepts = store.read_table(spec["input"]["concepts"], "concepts").to_pylist()
     meta, X = read_activations(spec["input"]["acts"])
-    stacked: dict[str, list[np.ndarray]] = {}
-    for c in concepts:
-        # AxBench: a concept trains on its positives plus the shared negatives of its genre.
-        pos = (meta["concept_id"] == c["concept_id"]) & (meta["category"] == "positive")
-        neg = (meta["concept_id"] == -1) & (meta["concept_genre"] == c["genre"])
-        idx = np.flatnonzero((pos | neg).to_numpy())
-        batch = TokenBatch(
-            acts=X[idx],
-            example=meta["example_id"].to_numpy()[idx],
-            label=pos.to_numpy()[idx].astype(np.int8),
+    examples = _examples(spec["input"]["examples"])
+    example_ids = meta["example_id"].to_numpy()
+
+    def batch(rows: np.ndarray, positive: np.ndarray) -> TokenBatch:
+        """Tokens `rows` labelled by the token mask `positive`, with their examples as text."""
+        positive_ids = set(example_ids[rows][positive[rows]].tolist())
+        return TokenBatch(
+            acts=X[rows],
+            example=example_ids[rows],
+            label=positive[rows].astype(np.int8),
+            examples=[
+                dataclasses.replace(examples[k], label=int(k in positive_ids))
+                for k in np.unique(example_ids[rows]).tolist()
+            ],
         )
-        params = method.fit(batch, concept=c["concept"], seed=s["seed"])
+
+    t0 = time.time()
+    method.setup(batch(np.arange(len(meta)), (meta["category"] == "positive").to_numpy()))
+    log.info("setup in %.1fs", time.time() - t0)
+
+    limit = s["method"].get("max_concepts")
+    stacked: dict[str, list[np.ndarray]] = {}
+    trained, unmatched, seconds = [], {}, {}
+    for n, c in enumerate(concepts):
+        cid = c["concept_id"]
+        if limit is not None and n >= limit:
+            unmatched[cid] = f"not trained: method.{s['method_name']}.max_concepts={limit}"
+            continue
+        # AxBench: a concept trains on its positives plus the shared negatives of its genre.
+        pos = ((meta["concept_id"] == cid) & (meta["category"] == "positive")).to_numpy()
+        neg = ((meta["concept_id"] == -1) & (meta["concept_genre"] == c["genre"])).to_numpy()
+        t0 = time.time()
+        try:
+            params = method.fit(
+                batch(np.flatnonzero(pos | neg), pos), concept=c["concept"], seed=s["seed"]
+            )
+        except Unmatched as err:
+            unmatched[cid] = str(err)
+            log.warning("concept %s (%s): unmatched: %s", cid, c["concept"], err)
+            continue
+        seconds[cid] = round(time.time() - t0, 2)
+        log.info("concept %s trained in %.1fs", cid, seconds[cid])
+        trained.append(cid)
         for k, v in params.items():
-            stacked.setdefault(k, []).append(np.asarray(v, dtype=np.float32))
+            v = np.asarray(v)
+            stacked.setdefault(k, []).append(v if v.dtype == np.float16 else v.astype(np.float32))
     tensors = {k: np.stack(v) for k, v in stacked.items()}
-    tensors["concept_id"] = np.array([c["concept_id"] for c in concepts], dtype=np.int64)
-    store.write_tensors(tensors, spec["output"]["params"], metadata={"method": s["method_name"]})
+    tensors["concept_id"] = np.array(trained, dtype=np.int64)
+    metadata = {"method": s["method_name"], "unmatched": unmatched, "fit_seconds": seconds}
+    store.write_tensors(tensors, spec["output"]["params"], metadata=metadata)
     store.write_json(s, spec["output"]["config"])
+
+
+def read_unmatched(params_path: str) -> dict[int, str]:
+    """Concepts a train job has no parameters for, with the reason (from the params metadata)."""
+    _, meta = store.read_tensors(params_path)
+    return {int(k): v for k, v in json.loads(meta.get("unmatched", "{}")).items()}
 
 
 def _concept_params(tensors: dict[str, np.ndarray], row: int) -> dict[str, np.ndarray]:
     return {k: v[row] for k, v in tensors.items() if k != "concept_id"}
 
 
+def _pooled_scores(method, params, meta, X, idx, examples, concept):
+    """(example ids, max-pooled scores, argmax token offsets or None, token scores or None)."""
+    if method.detect_level == "sequence":
+        ex_ids = np.unique(meta["example_id"].to_numpy()[idx]) if idx is not None else None
+        chosen = [examples[k] for k in ex_ids]
+        return (
+            ex_ids,
+            np.asarray(method.sequence_scores(params, chosen, concept=concept), np.float32),
+            None,
+            None,
+        )
+    from axflow.metrics.detection import max_pool
+
+    scores = method.token_scores(params, X[idx]).astype(np.float32)
+    token_examples = meta["example_id"].to_numpy()[idx]
+    maxes, argmax = max_pool(scores, token_examples)
+    return np.unique(token_examples), maxes, argmax, scores
+
+
 @stage("detect")
 def detect_stage(spec: dict[str, Any]) -> None:
     from axflow.methods import build_method
-    from axflow.metrics.detection import hard_negative_accuracy, max_pool, roc_auc, youden_threshold
+    from axflow.metrics.detection import hard_negative_accuracy, roc_auc, youden_threshold
 
-    method = build_method(spec["slice"]["method"])
+    s = spec["slice"]
+    method = build_method(s["method"], _runtime(spec, s))
     tensors, _ = store.read_tensors(spec["input"]["params"])
     meta, X = read_activations(spec["input"]["acts"])
-    score_rows, metric_rows = [], []
+    examples = _examples(spec["input"]["examples"])
+    concepts = {
+        c["concept_id"]: c["concept"]
+        for c in store.read_table(spec["input"]["concepts"], "concepts").to_pylist()
+    }
+    pool_idx = np.flatnonzero((meta["category"] == "negative").to_numpy())
+    score_rows, metric_rows, pool_rows = [], [], []
     for row, cid in enumerate(tensors["concept_id"].tolist()):
+        params = _concept_params(tensors, row)
         idx = np.flatnonzero((meta["concept_id"] == cid).to_numpy())
-        sub = meta[idx]
-        scores = method.token_scores(_concept_params(tensors, row), X[idx]).astype(np.float32)
-        examples = sub["example_id"].to_numpy()
-        ex_ids, first = np.unique(examples, return_index=True)
-        maxes, argmax = max_pool(scores, examples)
-        cats = sub["category"].to_numpy()[first]
-        positions = sub["position"].to_numpy()
-        tokens = sub["token"].to_list()
-        for j, ex in enumerate(ex_ids):
-            sel = np.flatnonzero(examples == ex)
-            best = sel[int(argmax[j])]  # max_pool: offset of the max within the example
-            score_rows.append(
-                {
-                    "concept_id": cid,
-                    "example_id": int(ex),
-                    "category": cats[j],
-                    "label": int(cats[j] == "positive"),
-                    "max_act": float(maxes[j]),
-                    "max_act_position": int(positions[best]),
-                    "max_token": tokens[best],
-                    "acts": np.round(scores[sel], 3).tolist(),
-                }
+        ex_ids, maxes, argmax, scores = _pooled_scores(
+            method, params, meta, X, idx, examples, concepts[cid]
+        )
+        if method.detect_level == "token":  # imbalanced pool: every concept's negatives
+            pool_ids, pool_max, _, _ = _pooled_scores(
+                method, params, meta, X, pool_idx, examples, concepts[cid]
             )
+            pool_rows += [
+                {"concept_id": cid, "example_id": int(e), "max_act": float(v)}
+                for e, v in zip(pool_ids, pool_max, strict=True)
+            ]
+        cats = np.array([examples[k].category for k in ex_ids])
+        example_of_token = meta["example_id"].to_numpy()[idx]
+        positions = meta["position"].to_numpy()[idx]
+        tokens = meta["token"].to_numpy()[idx] if scores is not None else None
+        for j, ex in enumerate(ex_ids):
+            record = {
+                "concept_id": cid,
+                "example_id": int(ex),
+                "category": cats[j],
+                "label": int(cats[j] == "positive"),
+                "max_act": float(maxes[j]),
+                "max_act_position": -1,
+                "max_token": "",
+                "acts": [],
+            }
+            if scores is not None:
+                sel = np.flatnonzero(example_of_token == ex)
+                best = sel[int(argmax[j])]  # max_pool: offset of the max within the example
+                record.update(
+                    max_act_position=int(positions[best]),
+                    max_token=str(tokens[best]),
+                    acts=np.round(scores[sel], 3).tolist(),
+                )
+            score_rows.append(record)
         is_pos, is_neg, is_hard = (
             (cats == "positive"),
             (cats == "negative"),
@@ -241,8 +343,21 @@ def detect_stage(spec: dict[str, Any]) -> None:
                 "n_hard_negative": int(is_hard.sum()),
             }
         )
-    store.write_table(pl.DataFrame(score_rows), spec["output"]["scores"], "detect_scores")
-    store.write_table(pl.DataFrame(metric_rows), spec["output"]["metrics"], "detect_metrics")
+    out = spec["output"]
+    store.write_table(
+        pl.DataFrame(score_rows, schema_overrides={"acts": pl.List(pl.Float32)}),
+        out["scores"],
+        "detect_scores",
+    )
+    store.write_table(
+        pl.DataFrame(
+            pool_rows,
+            schema={"concept_id": pl.Int64, "example_id": pl.Int64, "max_act": pl.Float32},
+        ),
+        out["pool"],
+        "pool_scores",
+    )
+    store.write_table(pl.DataFrame(metric_rows), out["metrics"], "detect_metrics")
 
 
 def steering_strength_base(metrics_path: str | None) -> dict[int, float]:
@@ -259,12 +374,11 @@ def steer_stage(spec: dict[str, Any]) -> None:
     from axflow.lm.generate import GenerationRequest, generate
     from axflow.lm.prompts import format_prompt
     from axflow.methods import build_method
-    from axflow.methods.prompt import steering_prompt
 
     s = spec["slice"]
     st, train = s["steering"], s["train"]
-    method = build_method(train["method"])
-    layer = train["acts"]["layer"]
+    method = build_method(train["method"], _runtime(spec, train))
+    lm = method.runtime.lm
     concepts = {
         c["concept_id"]: c["concept"]
         for c in store.read_table(spec["input"]["concepts"], "concepts").to_pylist()
@@ -272,16 +386,21 @@ def steer_stage(spec: dict[str, Any]) -> None:
     prompts = store.read_table(spec["input"]["prompts"], "steer_prompts").to_pylist()
     tensors, _ = store.read_tensors(spec["input"]["params"])
     rows_of = {int(c): i for i, c in enumerate(tensors["concept_id"].tolist())}
+    skipped = sorted({p["concept_id"] for p in prompts} - set(rows_of))
+    if skipped:
+        log.warning("no parameters (see the train job's metadata) for concepts %s", skipped)
     max_act = steering_strength_base(spec["input"].get("detect_metrics"))
-    lm = _load_lm(spec, train["acts"]["model"])
     factors = [None] if method.factor_free else st["factors"]
     records, requests = [], []
     for p in prompts:
         cid, concept = p["concept_id"], concepts[p["concept_id"]]
-        if method.steering == "prompt":
-            user = steering_prompt(concept, p["instruction"])
-        else:
-            user = p["instruction"]
+        if cid not in rows_of:
+            continue
+        user = (
+            method.prompt_for(concept, p["instruction"])
+            if method.steering == "prompt"
+            else (p["instruction"])
+        )
         text = format_prompt(lm.tokenizer, user, lm.chat)
         for factor in factors:
             delta, strength = None, None
@@ -304,15 +423,24 @@ def steer_stage(spec: dict[str, Any]) -> None:
                     "seed": seed,
                 }
             )
+    options = {
+        "layer": method.runtime.layer,
+        "max_new_tokens": st["max_new_tokens"],
+        "temperature": st["temperature"],
+        "batch_size": st["batch_size"],
+    }
     t0 = time.time()
-    outputs = generate(
-        lm,
-        requests,
-        layer=layer,
-        max_new_tokens=st["max_new_tokens"],
-        temperature=st["temperature"],
-        batch_size=st["batch_size"],
-    )
+    if method.steering == "model":  # one finetuned model per concept
+        outputs = [""] * len(requests)
+        for cid, row in rows_of.items():
+            mine = [k for k, r in enumerate(records) if r["concept_id"] == cid]
+            with method.steered(_concept_params(tensors, row)):
+                for k, o in zip(
+                    mine, generate(lm, [requests[k] for k in mine], **options), strict=True
+                ):
+                    outputs[k] = o
+    else:
+        outputs = generate(lm, requests, **options)
     log.info("generated %d continuations in %.1fs", len(outputs), time.time() - t0)
     for r, o in zip(records, outputs, strict=True):
         r["generation"] = o

@@ -76,6 +76,15 @@ SCHEMAS: dict[str, pa.Schema] = {
             pa.field("acts", pa.list_(pa.float32()), nullable=False),
         ]
     ),
+    # Imbalanced detection: each concept's max-pooled score on every "negative" eval row of every
+    # concept (the pool the report samples from, AxBench §3.1).
+    "pool_scores": pa.schema(
+        [
+            pa.field("concept_id", pa.int64(), nullable=False),
+            pa.field("example_id", pa.int64(), nullable=False),
+            pa.field("max_act", pa.float32(), nullable=False),
+        ]
+    ),
     "detect_metrics": pa.schema(
         [
             pa.field("concept_id", pa.int64(), nullable=False),

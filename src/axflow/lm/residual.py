@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -51,18 +51,29 @@ def capture_residual(
 
 
 @contextmanager
-def add_to_residual(block: torch.nn.Module, deltas: torch.Tensor | None) -> Iterator[None]:
-    """Add `deltas[b]` ([B, d]) to every position of row b of `block`'s output while active."""
-    if deltas is None or not bool(deltas.abs().sum()):
-        yield
-        return
+def edit_residual(
+    block: torch.nn.Module, edit: Callable[[torch.Tensor], torch.Tensor]
+) -> Iterator[None]:
+    """Replace `block`'s output hidden state h ([B, T, d]) by `edit(h)` while active.
+
+    Gradients flow through `edit`, so a method can train its intervention's parameters.
+    """
 
     def hook(_module, _args, output):
-        h = _hidden(output)
-        return _replace_hidden(output, h + deltas[:, None, :].to(h.dtype))
+        return _replace_hidden(output, edit(_hidden(output)))
 
     handle = block.register_forward_hook(hook)
     try:
         yield
     finally:
         handle.remove()
+
+
+@contextmanager
+def add_to_residual(block: torch.nn.Module, deltas: torch.Tensor | None) -> Iterator[None]:
+    """Add `deltas[b]` ([B, d]) to every position of row b of `block`'s output while active."""
+    if deltas is None or not bool(deltas.abs().sum()):
+        yield
+        return
+    with edit_residual(block, lambda h: h + deltas[:, None, :].to(h.dtype)):
+        yield

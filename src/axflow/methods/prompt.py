@@ -1,9 +1,15 @@
-"""Prompt steering: the concept is written into the user's instruction; nothing is trained.
+"""Prompting baseline: the target model itself detects and steers; nothing is trained.
 
-AxBench §2.4 (`PromptSteering`) has gpt-4o-mini write a per-concept prompt that tells the model to
-include the concept. Here the concept goes into a fixed template of our own, so the baseline needs
-no external LM: the model is asked to answer the request while working the concept into its
-answer. The factor is irrelevant, so each instruction is generated once (`factor_free`).
+Steering (AxBench §2.4 `PromptSteering`): AxBench has gpt-4o-mini write a per-concept prompt that
+tells the model to include the concept. Here the concept goes into a fixed template of our own, so
+the baseline needs no external LM: the model is asked to answer the request while working the
+concept into its answer. The factor is irrelevant, so each instruction is generated once.
+
+Detection (AxBench §2.3 `PromptDetection`): the target model is asked whether the response text
+contains the concept. AxBench samples up to 512 tokens and parses a 0-2 rating; we read the answer's
+probability instead: score = log P(yes) − log P(no) of the first answer token (summed over the
+casings and leading-space variants the tokenizer has). That is one forward pass per example, gives
+a continuous score for the ROC curve, and never fails to parse.
 """
 
 from __future__ import annotations
@@ -12,8 +18,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from axflow.methods import Method, TokenBatch, register
+from axflow.methods import Example, Method, TokenBatch, register
 
+DETECT_TEMPLATE = (
+    "Does the text below contain or clearly refer to this concept: {concept}\n\n"
+    "Text: {text}\n\n"
+    "Answer with Yes or No only."
+)
 STEERING_TEMPLATE = (
     "Answer the request below. Make this concept a clear and natural part of your whole answer, "
     "even if the request does not call for it: {concept}\n\n"
@@ -29,26 +40,88 @@ def steering_prompt(concept: str, instruction: str, template: str = STEERING_TEM
 @dataclass
 class PromptConfig:
     template: str = STEERING_TEMPLATE  # must contain {concept} and {instruction}
+    detect_template: str = DETECT_TEMPLATE  # must contain {concept} and {text}
+    batch_size: int = 16  # detection prompts per forward pass
 
     def __post_init__(self) -> None:
-        missing = [k for k in ("{concept}", "{instruction}") if k not in self.template]
-        if missing:
-            raise ValueError(
-                f"method prompt: template lacks the placeholder(s) {missing}; "
-                "write both {concept} and {instruction} into method.prompt.template"
-            )
+        for key, value, needed in (
+            ("template", self.template, ("{concept}", "{instruction}")),
+            ("detect_template", self.detect_template, ("{concept}", "{text}")),
+        ):
+            missing = [k for k in needed if k not in value]
+            if missing:
+                raise ValueError(
+                    f"method prompt: {key} lacks the placeholder(s) {missing}; "
+                    f"write {' and '.join(needed)} into method.<name>.{key}"
+                )
+        if self.batch_size < 1:
+            raise ValueError(f"method prompt: batch_size={self.batch_size} must be ≥ 1")
 
 
 @register("prompt")
 class Prompt(Method):
     Config = PromptConfig
-    detects = False
+    detect_level = "sequence"
     steering = "prompt"
     factor_free = True
 
     def fit(self, data: TokenBatch, *, concept: str, seed: int) -> dict[str, np.ndarray]:
         return {}
 
+    def sequence_scores(
+        self, params: dict[str, np.ndarray], examples: list[Example], *, concept: str
+    ) -> np.ndarray:
+        import torch
+
+        from axflow.lm.prompts import format_prompt
+
+        lm = self.runtime.lm
+        tok = lm.tokenizer
+        yes, no = _answer_ids(tok, "yes"), _answer_ids(tok, "no")
+        texts = [
+            format_prompt(
+                tok, self.cfg.detect_template.format(concept=concept, text=ex.response), lm.chat
+            )
+            for ex in examples
+        ]
+        scores = np.zeros(len(texts), np.float32)
+        pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+        with torch.no_grad():
+            for start in range(0, len(texts), self.cfg.batch_size):
+                ids = [
+                    tok(t, add_special_tokens=not lm.chat)["input_ids"]
+                    for t in texts[start : start + self.cfg.batch_size]
+                ]
+                width = max(map(len, ids))
+                batch = torch.full((len(ids), width), pad, dtype=torch.long)
+                mask = torch.zeros_like(batch)
+                for r, seq in enumerate(ids):  # left padding: the answer slot is the last column
+                    batch[r, width - len(seq) :] = torch.tensor(seq)
+                    mask[r, width - len(seq) :] = 1
+                out = lm.model(
+                    input_ids=batch.to(lm.device),
+                    attention_mask=mask.to(lm.device),
+                    position_ids=(mask.cumsum(-1) - 1).clamp(min=0).to(lm.device),
+                    logits_to_keep=1,
+                )
+                logp = torch.log_softmax(out.logits[:, -1].float(), -1).cpu()
+                score = torch.logsumexp(logp[:, yes], -1) - torch.logsumexp(logp[:, no], -1)
+                scores[start : start + len(ids)] = score.numpy()
+        return scores
+
     def prompt_for(self, concept: str, instruction: str) -> str:
         """`steering_prompt` with this method's configured template."""
         return steering_prompt(concept, instruction, self.cfg.template)
+
+
+def _answer_ids(tok, word: str) -> list[int]:
+    """Single-token ids of `word` in its casings, with and without a leading space."""
+    ids = set()
+    for variant in (word, word.capitalize(), word.upper()):
+        for text in (variant, " " + variant):
+            enc = tok(text, add_special_tokens=False)["input_ids"]
+            if len(enc) == 1:
+                ids.add(enc[0])
+    if not ids:
+        raise ValueError(f"method prompt: the tokenizer has no single token for {word!r}")
+    return sorted(ids)

@@ -78,3 +78,16 @@ def hard_negative_accuracy(
     if threshold is None or not np.isfinite(threshold):
         return None
     return float(((pos >= threshold).mean() + (hard < threshold).mean()) / 2)
+
+
+def max_f1(labels: np.ndarray, scores: np.ndarray) -> tuple[float | None, float | None]:
+    """(best F1 over thresholds, its threshold): AxBench's imbalanced-detection summary (§3.1)."""
+    from sklearn.metrics import precision_recall_curve
+
+    labels = np.asarray(labels)
+    if len(np.unique(labels)) < 2:
+        return None, None
+    precision, recall, thresholds = precision_recall_curve(labels, np.asarray(scores, np.float64))
+    f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
+    best = int(np.argmax(f1[:-1])) if len(thresholds) else 0
+    return float(f1[best]), float(thresholds[best]) if len(thresholds) else None

@@ -72,3 +72,21 @@ def select_factor(df: pl.DataFrame) -> pl.DataFrame:
         "test_score",
         pl.col("n_test").fill_null(0).cast(pl.Int64),
     ).sort("concept_id")
+
+
+def winrate(method: pl.DataFrame, baseline: pl.DataFrame, tie: float = 1e-6) -> float | None:
+    """Mean over shared concepts of win 1 / tie 0.5 / loss 0 of `method` against `baseline`.
+
+    Both frames hold one row per concept (concept_id, test_score), as `select_factor` returns
+    (AxBench Table 3 compares per-concept held-out scores). Concepts missing a score on either
+    side are left out; None when no concept is shared.
+    """
+    both = method.select("concept_id", pl.col("test_score").alias("a")).join(
+        baseline.select("concept_id", pl.col("test_score").alias("b")), on="concept_id"
+    )
+    both = both.drop_nulls()
+    if both.height == 0:
+        return None
+    diff = both["a"] - both["b"]
+    points = (diff > tie).cast(pl.Float64) + 0.5 * (diff.abs() <= tie).cast(pl.Float64)
+    return float(points.mean())

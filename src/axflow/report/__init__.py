@@ -5,10 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 
 from axflow import store
-from axflow.metrics.steering import select_factor
+from axflow.metrics.detection import max_f1
+from axflow.metrics.steering import select_factor, winrate
 
 SCORES = ["concept_score", "instruction_score", "fluency_score", "overall"]
 
@@ -25,36 +27,90 @@ def _steering_rows(ratings: pl.DataFrame) -> pl.DataFrame:
     return chosen.join(means, on="concept_id", how="left").sort("concept_id")
 
 
+def imbalanced_f1(
+    scores: pl.DataFrame, pool: pl.DataFrame, factor: float, seed: int
+) -> tuple[pl.DataFrame, float]:
+    """Per concept, F1 at the best threshold of its positives against a shared negative pool.
+
+    AxBench §3.1: one pool of `factor` × (positives per concept) rows is drawn (with `seed`) from
+    every concept's "negative" eval rows, and each concept's scorer rates all of them. Small
+    datasets cannot reach the factor; the pool is then every negative and the achieved ratio is
+    returned with the table.
+    """
+    per_concept = scores.filter(pl.col("category") == "positive").group_by("concept_id").len()
+    n_pos = float(per_concept["len"].mean()) if per_concept.height else 0.0
+    ids = pool["example_id"].unique().sort()
+    size = min(len(ids), max(1, round(factor * n_pos)))
+    drawn = ids.sample(size, seed=seed) if size < len(ids) else ids
+    sampled = pool.filter(pl.col("example_id").is_in(drawn.implode()))
+    rows = []
+    for cid in scores["concept_id"].unique().sort().to_list():
+        pos = scores.filter((pl.col("concept_id") == cid) & (pl.col("category") == "positive"))
+        neg = sampled.filter(pl.col("concept_id") == cid)
+        labels = np.r_[np.ones(pos.height), np.zeros(neg.height)]
+        f1, thr = max_f1(labels, np.r_[pos["max_act"].to_numpy(), neg["max_act"].to_numpy()])
+        rows.append({"concept_id": cid, "imbalanced_f1": f1, "f1_threshold": thr})
+    ratio = size / n_pos if n_pos else 0.0
+    return pl.DataFrame(rows, infer_schema_length=None), ratio
+
+
 def build_leaderboard(
-    methods: list[dict[str, Any]], inputs: dict[str, str]
+    methods: list[dict[str, Any]], inputs: dict[str, str], cfg: dict[str, Any]
 ) -> tuple[pl.DataFrame, dict]:
     """One row per method, plus per-method detail tables for the report."""
+    from axflow.stage import read_unmatched
+
+    rep = cfg["report"]
     rows, details = [], {}
+    steering_tables: dict[str, pl.DataFrame] = {}
     for m in methods:
         row: dict[str, Any] = {"method": m["name"], "kind": m["kind"]}
-        detail: dict[str, pl.DataFrame] = {}
+        detail: dict[str, Any] = {"unmatched": read_unmatched(inputs[f"params__{m['name']}"])}
+        row["detection_auroc"] = row["hard_negative_acc"] = row["imbalanced_f1"] = None
         if m["detects"]:
             det = pl.from_arrow(store.read_table(inputs[f"detect__{m['name']}"], "detect_metrics"))
             row["detection_auroc"] = det["roc_auc"].mean()
             row["hard_negative_acc"] = det["hard_negative_accuracy"].mean()
+            pool = pl.from_arrow(store.read_table(inputs[f"pool__{m['name']}"], "pool_scores"))
+            if pool.height:
+                scores = pl.from_arrow(
+                    store.read_table(
+                        inputs[f"scores__{m['name']}"],
+                        "detect_scores",
+                        columns=["concept_id", "category", "max_act"],
+                    )
+                )
+                f1, ratio = imbalanced_f1(scores, pool, rep["imbalance_factor"], cfg["seed"])
+                det = det.join(f1, on="concept_id", how="left")
+                row["imbalanced_f1"] = f1["imbalanced_f1"].mean()
+                detail["imbalance_ratio"] = ratio
             detail["detection"] = det
-        else:
-            row["detection_auroc"] = row["hard_negative_acc"] = None
-        ratings = pl.from_arrow(store.read_table(inputs[f"ratings__{m['name']}"], "ratings"))
-        steer = _steering_rows(ratings)
-        detail["steering"] = steer
-        row["steering_score"] = steer["test_score"].mean()
-        for c in ("concept_score", "instruction_score", "fluency_score"):
-            row[c] = steer[c].mean()
-        row["mean_factor"] = None if m["factor_free"] else steer["factor"].mean()
-        row["n_concepts"] = steer.height
-        row["generations"] = ratings.height
-        row["judge_failures"] = int(ratings["failures"].sum())
-        row["unrated"] = int(ratings["overall"].is_null().sum())
+        for c in ("steering_score", "concept_score", "instruction_score", "fluency_score"):
+            row[c] = None
+        row["winrate"] = row["mean_factor"] = None
+        row["n_concepts"] = row["generations"] = row["judge_failures"] = row["unrated"] = None
+        if m["steering"] is not None:
+            ratings = pl.from_arrow(store.read_table(inputs[f"ratings__{m['name']}"], "ratings"))
+            steer = _steering_rows(ratings)
+            detail["steering"] = steering_tables[m["name"]] = steer
+            row["steering_score"] = steer["test_score"].mean()
+            for c in ("concept_score", "instruction_score", "fluency_score"):
+                row[c] = steer[c].mean()
+            row["mean_factor"] = None if m["factor_free"] else steer["factor"].mean()
+            row["n_concepts"] = steer.height
+            row["generations"] = ratings.height
+            row["judge_failures"] = int(ratings["failures"].sum())
+            row["unrated"] = int(ratings["overall"].is_null().sum())
+        row["unmatched"] = len(detail["unmatched"])
         rows.append(row)
         details[m["name"]] = detail
+    baseline = steering_tables.get(rep["winrate_baseline"] or "")
+    if baseline is not None:
+        for row in rows:
+            if row["method"] in steering_tables:
+                row["winrate"] = winrate(steering_tables[row["method"]], baseline)
     board = pl.DataFrame(rows, infer_schema_length=None).sort(
-        "steering_score", descending=True, nulls_last=True
+        ["steering_score", "detection_auroc"], descending=True, nulls_last=True
     )
     return board, details
 
@@ -74,7 +130,7 @@ def _md_table(df: pl.DataFrame) -> str:
 def write_report(
     methods: list[dict], cfg: dict, inputs: dict[str, str], outputs: dict[str, str]
 ) -> None:
-    board, details = build_leaderboard(methods, inputs)
+    board, details = build_leaderboard(methods, inputs, cfg)
     with store.atomic_path(outputs["leaderboard"], ".csv") as tmp:
         board.write_csv(tmp, float_precision=4)
     model, ds, judge, st = cfg["model"], cfg["dataset"], cfg["judge"], cfg["steering"]
@@ -95,21 +151,38 @@ def write_report(
         _md_table(board),
         "",
     ]
-    failures = int(board["judge_failures"].sum())
+    failures = int(board["judge_failures"].fill_null(0).sum())
+    unrated = int(board["unrated"].fill_null(0).sum())
     lines.append(
         f"Judge failures (sub-ratings that could not be obtained, never scored 0): {failures}; "
-        f"generations without an overall score: {int(board['unrated'].sum())}."
+        f"generations without an overall score: {unrated}."
+    )
+    baseline = cfg["report"]["winrate_baseline"]
+    lines.append(
+        f"Winrate: per concept, held-out score against `{baseline}` (win 1, tie 0.5, loss 0). "
+        "Imbalanced F1: each concept's positives against one shared pool of negative eval rows, "
+        f"F1 at its best threshold (pool target {cfg['report']['imbalance_factor']}x positives)."
     )
     for name, detail in details.items():
         lines += ["", f"## {name}", ""]
+        if detail["unmatched"]:
+            lines += ["Concepts without parameters (not scored):", ""]
+            lines += [f"- {cid}: {why}" for cid, why in sorted(detail["unmatched"].items())]
+            lines.append("")
         if "detection" in detail:
+            if "imbalance_ratio" in detail:
+                lines.append(
+                    f"Imbalanced pool: {detail['imbalance_ratio']:.1f} negatives per positive."
+                )
+                lines.append("")
             lines += ["Detection per concept:", "", _md_table(detail["detection"]), ""]
-        lines += [
-            "Steering per concept (factor chosen on the selection split):",
-            "",
-            _md_table(detail["steering"]),
-            "",
-        ]
+        if "steering" in detail:
+            lines += [
+                "Steering per concept (factor chosen on the selection split):",
+                "",
+                _md_table(detail["steering"]),
+                "",
+            ]
     with store.atomic_path(outputs["report"], ".md") as tmp:
         tmp.write_text("\n".join(lines) + "\n")
     store.write_json(cfg, outputs["config"])
