@@ -216,3 +216,23 @@ def concept10_acts(smollm_dir: Path, concept10: Path) -> Concept10Acts:
         genres={m["concept_id"]: m["concept_genres_map"][m["concept"]][0] for m in meta},
         seconds=time.perf_counter() - start,
     )
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module: small matmuls on a shared 2-core machine lose more to
+    thread hand-offs and oversubscription than a second thread gains."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def smollm(smollm_dir):
+    """The test model loaded once per session (fp32, chat template)."""
+    from axflow.lm.models import load_model
+
+    return load_model(smollm_dir, dtype="float32", chat=True)

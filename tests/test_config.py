@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from hydra.errors import ConfigCompositionException
 
@@ -12,9 +14,21 @@ from axflow.lm.models import ModelNotFound, resolve_model_dir
 def test_default_config_composes_and_plans():
     plan = make_plan(compose())
     names = [m.name for m in plan.methods]
-    assert {"diffmean", "pca", "lat", "probe", "prompt"} <= set(names)
+    assert {"diffmean", "pca", "lat", "probe", "prompt", "bow"} <= set(names)
     prompt = next(m for m in plan.methods if m.name == "prompt")
     assert prompt.factor_free and prompt.detects and prompt.detect_level == "sequence"
+    bow = next(m for m in plan.methods if m.name == "bow")
+    assert bow.steering is None and bow.steer_key is None  # detection only: no steer/judge jobs
+
+
+def test_full_cpu_experiment_plans_every_shipped_method():
+    shipped = {
+        p.stem for p in (Path(__file__).resolve().parents[1] / "config/method").glob("*.yaml")
+    }
+    plan = make_plan(compose(["experiment=full_cpu"]))
+    assert {m.name for m in plan.methods} == shipped
+    kinds = {m.name: (m.steering, m.factor_free) for m in plan.methods}
+    assert kinds["loreft"] == kinds["lora"] == kinds["sft"] == ("model", True)
 
 
 def test_snakemake_config_pairs_become_hydra_overrides():

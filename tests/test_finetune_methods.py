@@ -10,7 +10,7 @@ through the KV cache.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +21,6 @@ import yaml
 
 from axflow.lm.finetune import encode_examples
 from axflow.lm.generate import GenerationRequest, generate
-from axflow.lm.models import load_model
 from axflow.lm.prompts import format_prompt
 from axflow.methods import Example, Runtime, TokenBatch, build_method, method_class
 from axflow.methods._finetune import resolve_layers
@@ -42,18 +41,12 @@ N_TRAIN = {"loreft": 6, "lora": 6, "sft": 4}
 PROMPTS = ["Tell me about cats.", "How do I boil an egg quickly without it cracking in the pot?"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    # Small matmuls on a shared 2-core machine: a second thread costs more than it saves.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def lm(smollm_dir):
-    return load_model(smollm_dir, dtype="float32", chat=True)
+def lm(smollm):
+    return smollm
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import yaml
 
 from axflow.methods import Runtime, TokenBatch, build_method, method_class
@@ -39,20 +38,12 @@ DETECTION_FITS = {
 N_EXAMPLES = 12  # positives, and as many negatives
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # The CPU is shared: one thread per process is faster than two fighting over two cores.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def lm(smollm_dir):
-    from axflow.lm.models import load_model
-
-    return load_model(smollm_dir, dtype="float32", chat=True)
+def lm(smollm):
+    return smollm
 
 
 def subsample(batch: TokenBatch, n: int) -> TokenBatch:

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import yaml
 
 from axflow.lm.sae import SparseAutoencoder, train_topk
@@ -21,13 +20,7 @@ SMALL = {"width": 1024, "k": 32, "epochs": 4, "batch_size": 1024, "lr": 2e-3}
 CONCEPTS = (0, 1, 2, 3)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # The shared 2-core machine: oversubscribed threads cost more than they save.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
