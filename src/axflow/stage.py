@@ -250,14 +250,9 @@ def _concept_params(tensors: dict[str, np.ndarray], row: int) -> dict[str, np.nd
 def _pooled_scores(method, params, meta, X, idx, examples, concept):
     """(example ids, max-pooled scores, argmax token offsets or None, token scores or None)."""
     if method.detect_level == "sequence":
-        ex_ids = np.unique(meta["example_id"].to_numpy()[idx]) if idx is not None else None
-        chosen = [examples[k] for k in ex_ids]
-        return (
-            ex_ids,
-            np.asarray(method.sequence_scores(params, chosen, concept=concept), np.float32),
-            None,
-            None,
-        )
+        ex_ids = np.unique(meta["example_id"].to_numpy()[idx])
+        scores = method.sequence_scores(params, [examples[k] for k in ex_ids], concept=concept)
+        return ex_ids, np.asarray(scores, np.float32), None, None
     from axflow.metrics.detection import max_pool
 
     scores = method.token_scores(params, X[idx]).astype(np.float32)
