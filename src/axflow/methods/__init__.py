@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import importlib.util
 import pkgutil
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -187,8 +188,15 @@ def _import_all() -> None:
 
 
 def method_class(kind: str) -> type[Method]:
-    """The registered class for `kind`; a clear error lists the known ones."""
-    _import_all()
+    """The registered class for `kind`; a clear error lists the known ones.
+
+    The module named like the kind is imported first, so planning a run does not pay for every
+    method's dependencies; the others are imported only when the kind is elsewhere.
+    """
+    if kind not in _REGISTRY and importlib.util.find_spec(f"{__name__}.{kind}") is not None:
+        importlib.import_module(f"{__name__}.{kind}")
+    if kind not in _REGISTRY:
+        _import_all()
     if kind not in _REGISTRY:
         raise KeyError(f"unknown method kind {kind!r}; registered: {sorted(_REGISTRY)}")
     return _REGISTRY[kind]

@@ -14,7 +14,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.decomposition import PCA as SklearnPCA
 
 from axflow.methods import Method, TokenBatch, orient_to_positives, register
 
@@ -38,6 +37,8 @@ class LAT(Method):
         half = len(pos) // 2
         diffs = pos[order[:half]] - pos[order[half : 2 * half]]
         diffs /= np.maximum(np.linalg.norm(diffs, axis=1, keepdims=True), 1e-12)
+        from sklearn.decomposition import PCA as SklearnPCA
+
         pca = SklearnPCA(n_components=1, svd_solver="covariance_eigh", random_state=seed)
         direction = pca.fit(diffs).components_[0]
         direction /= max(float(np.linalg.norm(direction)), 1e-12)

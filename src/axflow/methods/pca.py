@@ -14,7 +14,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.decomposition import PCA as SklearnPCA
 
 from axflow.methods import Method, TokenBatch, orient_to_positives, register
 
@@ -33,6 +32,8 @@ class PCA(Method):
         if positive.sum() < 2:
             raise ValueError(f"pca for concept {concept!r}: needs at least 2 positive tokens")
         acts = np.asarray(data.acts, dtype=np.float64)
+        from sklearn.decomposition import PCA as SklearnPCA
+
         pca = SklearnPCA(n_components=1, svd_solver="covariance_eigh", random_state=seed)
         direction = pca.fit(acts[positive]).components_[0]
         direction /= max(float(np.linalg.norm(direction)), 1e-12)

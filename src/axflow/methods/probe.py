@@ -36,11 +36,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from axflow.methods import Method, TokenBatch, register
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass
@@ -72,6 +75,8 @@ class Probe(Method):
     Config = ProbeConfig
 
     def fit(self, data: TokenBatch, *, concept: str, seed: int) -> dict[str, np.ndarray]:
+        import torch  # here, not at module level: planning a run imports every method
+
         cfg = self.cfg
         _, labels = data.example_labels()
         if labels.min() == labels.max():
@@ -132,6 +137,8 @@ class Probe(Method):
 
 def _tokens_by_example(example: np.ndarray) -> list[torch.Tensor]:
     """Token indices of each example, examples in ascending id order."""
+    import torch
+
     _, inverse = np.unique(example, return_inverse=True)
     order = np.argsort(inverse, kind="stable")
     counts = np.bincount(inverse)
@@ -140,6 +147,8 @@ def _tokens_by_example(example: np.ndarray) -> list[torch.Tensor]:
 
 @contextmanager
 def _one_thread() -> Iterator[None]:
+    import torch
+
     # Every step is a small matmul: thread hand-offs cost more than they save (4-8x on 2 cores).
     before = torch.get_num_threads()
     torch.set_num_threads(1)
