@@ -5,6 +5,9 @@ rule extract_activations:
         acts=f"{RES}/activations/{{key}}/{{split}}.parquet",
     log:
         f"{RES}/logs/activations/{{key}}_{{split}}.log",
+    # Deterministic and the costliest input to everything else: with `--cache` and
+    # SNAKEMAKE_OUTPUT_CACHE set, other workflows (other clones, other users) reuse the result.
+    cache: "omit-software"
     conda:
         "../workflow/envs/axflow.yaml"
     threads: workflow.cores

@@ -1,23 +1,28 @@
 # Config composition, validation, stage keys and path helpers. Rules stay thin: they call
 # `python -m axflow.stage <stage> <spec>` where spec carries the stage's resolved config slice.
 import json
+import re
 
-from axflow.config import compose, make_plan, overrides_from_snakemake, stage_key
+from axflow.config import make_sweep, overrides_from_snakemake, stage_key
+from axflow.methods import method_class
 
-PLAN = make_plan(compose(overrides_from_snakemake(config)))
-CFG = PLAN.cfg
+# A plain override list is a one-cell sweep; a Hydra sweep (`model.layer=6,12`) has one cell per
+# point, and equal stage slices across cells are one job (content-addressed keys).
+SWEEP = make_sweep(overrides_from_snakemake(config))
+CELLS = {cell.path: cell for cell in SWEEP.cells}
+CFG = SWEEP.cells[0].plan.cfg  # results_dir and cache_dir cannot be swept
 RES = CFG["results_dir"]
-METHODS = {m.name: m for m in PLAN.methods}
 
 
 wildcard_constraints:
     key="[0-9a-f]{12}",
     method="[A-Za-z0-9_]+",
     split="train|detect_eval",
+    cell="|".join(re.escape(path) for path in CELLS),
 
 
 def slice_of(stage, key):
-    return PLAN.slices[f"{stage}/{key}"]
+    return SWEEP.slices[f"{stage}/{key}"]
 
 
 def upstream_key(stage, key, parent):
@@ -54,7 +59,8 @@ def judge_path(method, jkey):
 
 
 def report_outputs():
-    return [f"{RES}/{PLAN.name}/{name}" for name in ("report.md", "leaderboard.csv")]
+    """The sweep's merged report, or the single experiment's."""
+    return [f"{RES}/{SWEEP.name}/{name}" for name in ("report.md", "leaderboard.csv")]
 
 
 def stage_spec(stage, slice_stage=None, extra=None):
@@ -66,7 +72,7 @@ def stage_spec(stage, slice_stage=None, extra=None):
             {
                 "stage": stage,
                 "slice": slice_of(slice_stage or stage, key) if key else None,
-                "extra": extra,
+                "extra": extra(wildcards) if callable(extra) else extra,
                 "input": {k: v for k, v in input.items()},
                 "output": {k: v for k, v in output.items()},
                 "threads": threads,
@@ -128,7 +134,7 @@ def steer_inputs(wildcards):
         "prompts": data_path(dkey, "steer_prompts"),
         "params": train_path(wildcards.method, tkey),
     }
-    method = METHODS[wildcards.method]
+    method = method_class(slice_of("train", tkey)["method"]["kind"])
     if method.detects and method.steering == "add":
         # Strength = factor x the concept's max detection activation (explicit dependency).
         inputs["detect_metrics"] = detect_path(wildcards.method, tkey, "metrics")
@@ -145,20 +151,22 @@ def judge_inputs(wildcards):
 
 
 def report_inputs(wildcards):
+    """Every shard's artefacts of every method (`<what>__<method>__<shard>`), merged by concept."""
     inputs = {}
-    for m in PLAN.methods:
-        inputs[f"params__{m.name}"] = train_path(m.name, m.train_key)
-        if m.detects:
-            inputs[f"detect__{m.name}"] = detect_path(m.name, m.train_key, "metrics")
-            inputs[f"pool__{m.name}"] = detect_path(m.name, m.train_key, "pool")
-            inputs[f"scores__{m.name}"] = detect_path(m.name, m.train_key, "scores")
-        if m.steering is not None:
-            inputs[f"ratings__{m.name}"] = judge_path(m.name, m.judge_key)
+    for m in CELLS[wildcards.cell].plan.methods:
+        for s, tkey in enumerate(m.train_keys):
+            inputs[f"params__{m.name}__{s}"] = train_path(m.name, tkey)
+            if m.detects:
+                for what in ("metrics", "pool", "scores"):
+                    inputs[f"{what}__{m.name}__{s}"] = detect_path(m.name, tkey, what)
+        for s, jkey in enumerate(m.judge_keys):
+            inputs[f"ratings__{m.name}__{s}"] = judge_path(m.name, jkey)
     return inputs
 
 
-def report_extra():
+def report_extra(wildcards):
     """What the report needs beyond its inputs: the methods' facts and the resolved config."""
+    plan = CELLS[wildcards.cell].plan
     methods = [
         {
             "name": m.name,
@@ -168,6 +176,21 @@ def report_extra():
             "steering": m.steering,
             "factor_free": m.factor_free,
         }
-        for m in PLAN.methods
+        for m in plan.methods
     ]
-    return {"methods": methods, "config": CFG}
+    return {"methods": methods, "config": plan.cfg}
+
+
+def sweep_inputs(wildcards):
+    return {
+        f"{kind}__{i}": f"{RES}/{cell.path}/{name}"
+        for i, cell in enumerate(SWEEP.cells)
+        for kind, name in (
+            ("leaderboard", "leaderboard.csv"),
+            ("config", "config.json"),
+        )
+    }
+
+
+def sweep_extra():
+    return [{"path": cell.path, "swept": cell.swept} for cell in SWEEP.cells]

@@ -2,15 +2,34 @@ rule report:
     input:
         unpack(report_inputs),
     output:
-        report=f"{RES}/{PLAN.name}/report.md",
-        leaderboard=f"{RES}/{PLAN.name}/leaderboard.csv",
-        config=f"{RES}/{PLAN.name}/config.json",
+        report=f"{RES}/{{cell}}/report.md",
+        leaderboard=f"{RES}/{{cell}}/leaderboard.csv",
+        config=f"{RES}/{{cell}}/config.json",
     log:
-        f"{RES}/logs/report/{PLAN.name}.log",
+        f"{RES}/logs/report/{{cell}}.log",
     conda:
         "../workflow/envs/axflow.yaml"
     threads: 1
     params:
-        spec=stage_spec("report", extra=report_extra()),
+        spec=stage_spec("report", extra=report_extra),
     shell:
         "python -m axflow.stage {params.spec:q} > {log:q} 2>&1"
+
+
+if SWEEP.is_grid:
+
+    rule sweep_report:
+        input:
+            unpack(sweep_inputs),
+        output:
+            report=f"{RES}/{SWEEP.name}/report.md",
+            leaderboard=f"{RES}/{SWEEP.name}/leaderboard.csv",
+        log:
+            f"{RES}/logs/report/{SWEEP.name}.sweep.log",
+        conda:
+            "../workflow/envs/axflow.yaml"
+        threads: 1
+        params:
+            spec=stage_spec("sweep_report", extra=sweep_extra()),
+        shell:
+            "python -m axflow.stage {params.spec:q} > {log:q} 2>&1"

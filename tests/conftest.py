@@ -131,6 +131,23 @@ class Concept10Acts:
         idx = self.eval.tokens_of(rows["row"].to_numpy())
         return self.eval.acts[layer][idx], self.eval.example[idx], rows
 
+    def held_out_aurocs(self, method, layer: int, seed: int = 42) -> dict[int, float]:
+        """Per concept: fit on its train batch, ROC AUC of max-pooled scores on its eval rows
+        (hard negatives left out), the benchmark's detection protocol."""
+        from axflow.metrics.detection import max_pool, roc_auc
+
+        aurocs = {}
+        for concept_id, concept in sorted(self.concepts.items()):
+            params = method.fit(self.train_batch(concept_id, layer), concept=concept, seed=seed)
+            token_acts, example, rows = self.eval_tokens(concept_id, layer)
+            maxima, _ = max_pool(method.token_scores(params, token_acts), example)
+            assert len(maxima) == rows.height
+            category = rows["category"].to_numpy()
+            scored = category != "hard negative"
+            labels = (category[scored] == "positive").astype(int)
+            aurocs[concept_id] = roc_auc(labels, maxima[scored])
+        return aurocs
+
 
 def _cache_key(model_dir: Path, data_dir: Path) -> str:
     """Changes whenever the model, the data or the extraction settings change."""

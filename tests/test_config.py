@@ -4,10 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import polars as pl
 import pytest
 from hydra.errors import ConfigCompositionException
 
-from axflow.config import ConfigError, compose, make_plan, overrides_from_snakemake, stage_key
+from axflow.config import (
+    ConfigError,
+    compose,
+    make_plan,
+    make_sweep,
+    overrides_from_snakemake,
+    stage_key,
+)
 from axflow.lm.models import ModelNotFound, resolve_model_dir
 
 
@@ -18,7 +26,7 @@ def test_default_config_composes_and_plans():
     prompt = next(m for m in plan.methods if m.name == "prompt")
     assert prompt.factor_free and prompt.detects and prompt.detect_level == "sequence"
     bow = next(m for m in plan.methods if m.name == "bow")
-    assert bow.steering is None and bow.steer_key is None  # detection only: no steer/judge jobs
+    assert bow.steering is None and bow.steer_keys == []  # detection only: no steer/judge jobs
 
 
 def test_full_cpu_experiment_plans_every_shipped_method():
@@ -70,9 +78,9 @@ def test_stage_key_depends_on_content_only():
 def test_method_change_changes_only_that_method_keys():
     base = {m.name: m for m in make_plan(compose()).methods}
     changed = {m.name: m for m in make_plan(compose(["method.probe.epochs=3"])).methods}
-    assert changed["probe"].train_key != base["probe"].train_key
+    assert changed["probe"].train_keys != base["probe"].train_keys
     for name in base.keys() - {"probe"}:
-        assert changed[name].train_key == base[name].train_key
+        assert changed[name].train_keys == base[name].train_keys
 
 
 def test_missing_real_model_names_the_config_key(tmp_path):
@@ -83,3 +91,55 @@ def test_missing_real_model_names_the_config_key(tmp_path):
         resolve_model_dir({**cfg, "path": str(tmp_path)})
     with pytest.raises(ModelNotFound, match="model.hf_id"):
         resolve_model_dir({**cfg, "source": "hf_cache", "cache_dir": str(tmp_path)})
+
+
+def test_sweep_expands_the_hydra_grid():
+    sweep = make_sweep(
+        ["model.layer=6,12", "method=diffmean,probe", "judge.perplexity_thresholds=[30.0,90.0]"]
+    )
+    assert sweep.is_grid and len(sweep.cells) == 4
+    assert [c.swept for c in sweep.cells][:2] == [
+        {"model.layer": "6", "method": "diffmean"},
+        {"model.layer": "6", "method": "probe"},
+    ]
+    assert {c.plan.cfg["model"]["layer"] for c in sweep.cells} == {6, 12}
+    assert all(c.plan.cfg["judge"]["perplexity_thresholds"] == [30.0, 90.0] for c in sweep.cells)
+    assert len({c.path for c in sweep.cells}) == 4
+    # One data shard for all cells, one activation slice per layer.
+    assert len({k for k in sweep.slices if k.startswith("data/")}) == 1
+    assert len({k for k in sweep.slices if k.startswith("acts/")}) == 2
+    single = make_sweep(["model.layer=6"])
+    assert not single.is_grid and single.cells[0].path == "default"
+
+
+def test_sweep_errors_name_the_key():
+    with pytest.raises(ConfigCompositionException, match="not_a_key"):
+        make_sweep(["model.not_a_key=1,2"])
+    with pytest.raises(ConfigError, match="config key name"):
+        make_sweep(["name=a,b"])
+
+
+def test_sweep_report_puts_swept_keys_in_columns(tmp_path):
+    from axflow.report import write_sweep_report
+
+    cells, inputs = [], {}
+    for i, layer in enumerate(("6", "12")):
+        board = tmp_path / f"board{i}.csv"
+        pl.DataFrame(
+            {
+                "method": ["diffmean", "probe"],
+                "detection_auroc": [0.6 + i / 10, 0.7],
+                "imbalanced_f1": [0.5, 0.4],
+                "steering_score": [0.2, None],
+                "winrate": [None, None],
+            }
+        ).write_csv(board)
+        inputs[f"leaderboard__{i}"] = str(board)
+        cells.append({"path": f"sw/cells/model.layer={layer}", "swept": {"model.layer": layer}})
+    out = {"leaderboard": str(tmp_path / "all.csv"), "report": str(tmp_path / "report.md")}
+    write_sweep_report(cells, inputs, out)
+    merged = pl.read_csv(out["leaderboard"], schema_overrides={"model.layer": pl.String})
+    assert merged.columns[:2] == ["model.layer", "method"] and merged.height == 4
+    row = merged.filter((pl.col("model.layer") == "12") & (pl.col("method") == "diffmean"))
+    assert row["detection_auroc"].item() == pytest.approx(0.7)
+    assert "model.layer" in Path(out["report"]).read_text()

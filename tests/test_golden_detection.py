@@ -18,24 +18,9 @@ import pytest
 import yaml
 
 from axflow.methods import build_method
-from axflow.metrics.detection import max_pool, roc_auc
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "config/method"
 SEED = 42
-
-
-def concept10_aurocs(acts, kind: str, layer: int) -> dict[int, float]:
-    """Per-concept detection AUROC of method `kind` (configured by its YAML) at `layer`."""
-    method = build_method(yaml.safe_load((CONFIG_DIR / f"{kind}.yaml").read_text()))
-    aurocs = {}
-    for concept_id, concept in sorted(acts.concepts.items()):
-        params = method.fit(acts.train_batch(concept_id, layer), concept=concept, seed=SEED)
-        token_acts, example, rows = acts.eval_tokens(concept_id, layer)
-        maxima, _ = max_pool(method.token_scores(params, token_acts), example)
-        category = rows["category"].to_numpy()
-        scored = category != "hard negative"
-        aurocs[concept_id] = roc_auc((category[scored] == "positive").astype(int), maxima[scored])
-    return aurocs
 
 
 @pytest.mark.parametrize(
@@ -43,7 +28,8 @@ def concept10_aurocs(acts, kind: str, layer: int) -> dict[int, float]:
     [("diffmean", 10, 0.88), ("diffmean", 20, 0.92), ("probe", 10, 0.87), ("probe", 20, 0.92)],
 )
 def test_concept10_mean_auroc_reaches_floor(concept10_acts, kind, layer, floor):
-    aurocs = concept10_aurocs(concept10_acts, kind, layer)
+    method = build_method(yaml.safe_load((CONFIG_DIR / f"{kind}.yaml").read_text()))
+    aurocs = concept10_acts.held_out_aurocs(method, layer, seed=SEED)
     mean = float(np.mean(list(aurocs.values())))
     detail = ", ".join(f"{c}: {a:.3f}" for c, a in aurocs.items())
     print(f"\n{kind} L{layer}: mean AUROC {mean:.4f} ({detail})")

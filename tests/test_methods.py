@@ -147,10 +147,9 @@ def test_random_direction_is_a_floor(concept10_acts):
     np.testing.assert_array_equal(a, method.fit(batch, concept="c0", seed=1)["direction"])
     assert abs(np.linalg.norm(a) - 1) < 1e-5
     assert abs(float(a @ method.fit(batch, concept="c1", seed=1)["direction"])) < 0.3
-    mean = float(np.mean(held_out_aurocs(concept10_acts, method, 10)))
-    diffmean = float(
-        np.mean(held_out_aurocs(concept10_acts, build_method({"kind": "diffmean"}), 10))
-    )
+    mean = float(np.mean(list(concept10_acts.held_out_aurocs(method, 10).values())))
+    diffmean_aurocs = concept10_acts.held_out_aurocs(build_method({"kind": "diffmean"}), 10)
+    diffmean = float(np.mean(list(diffmean_aurocs.values())))
     print(f"\nrandom L10 mean AUROC {mean:.4f} vs diffmean {diffmean:.4f}")
     assert mean < diffmean - 0.15
 
@@ -210,34 +209,18 @@ def test_orient_sign_only_flips(kind):
 # Mean held-out AUROC floors over the 10 concepts, about 0.05 under the values measured with
 # SmolLM2-135M-Instruct (DiffMean .905/.938, PCA .767/.886, LAT .780/.886, Probe .812/.801 at
 # layers 10/20). PCA and LAT fit positives only and are weaker, as in AxBench.
+# DiffMean and the probe have tighter floors in test_golden_detection.
 CONCEPT10_FLOORS = {
-    ("diffmean", 10): 0.85,
-    ("diffmean", 20): 0.88,
     ("pca", 10): 0.70,
     ("pca", 20): 0.83,
     ("lat", 10): 0.70,
     ("lat", 20): 0.83,
-    ("probe", 10): 0.75,
-    ("probe", 20): 0.75,
 }
-
-
-def held_out_aurocs(acts, method, layer: int, seed: int = 42) -> list[float]:
-    aurocs = []
-    for concept_id, concept in sorted(acts.concepts.items()):
-        params = method.fit(acts.train_batch(concept_id, layer), concept=concept, seed=seed)
-        token_acts, example, rows = acts.eval_tokens(concept_id, layer)
-        maxima, _ = max_pool(method.token_scores(params, token_acts), example)
-        assert len(maxima) == rows.height
-        category = rows["category"].to_numpy()
-        scored = category != "hard negative"
-        aurocs.append(roc_auc((category[scored] == "positive").astype(int), maxima[scored]))
-    return aurocs
 
 
 @pytest.mark.parametrize(("kind", "layer"), sorted(CONCEPT10_FLOORS))
 def test_method_separates_held_out_concept10(concept10_acts, kind, layer):
-    aurocs = held_out_aurocs(concept10_acts, build_method({"kind": kind}), layer)
+    aurocs = list(concept10_acts.held_out_aurocs(build_method({"kind": kind}), layer).values())
     mean = float(np.mean(aurocs))
     print(f"\n{kind} L{layer}: mean held-out AUROC {mean:.4f}")
     assert mean >= CONCEPT10_FLOORS[kind, layer], f"{kind} L{layer}: {np.round(aurocs, 3)}"

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import polars as pl
 import pytest
 
-from axflow.config import REPO_ROOT, compose, make_plan
+from axflow.config import compose, make_plan
+from dag import planned_jobs, snakemake
 
 TINY = [
     "dataset.max_concepts=3",
@@ -22,40 +20,14 @@ TINY = [
     "steering.instructions_per_concept=2",
     "steering.factors=[0.5,1.0]",
     "steering.max_new_tokens=6",
-    "method=[diffmean,lat,prompt,bow,random]",
+    "method=[diffmean,prompt,bow,random]",
     "+method.random.max_concepts=2",  # the generic per-method concept limit
     "name=tiny",
 ]
 
 
-def snakemake(results: Path, *args: str, extra: list[str] = ()) -> subprocess.CompletedProcess:
-    overrides = [*TINY, f"results_dir={results}", f"cache_dir={results}/cache", *extra]
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    cmd = [sys.executable, "-m", "snakemake", "--cores", "2", "--directory", str(REPO_ROOT)]
-    return subprocess.run(
-        [*cmd, *args, "--config", "overrides=" + " ".join(overrides)],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=False,
-    )
-
-
-def planned_jobs(results: Path, extra: list[str] = ()) -> dict[str, int]:
-    """Jobs a dry run would execute, per rule (empty when nothing is to be done)."""
-    proc = snakemake(results, "--dry-run", extra=extra)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    lines = proc.stdout.splitlines()
-    if "Job stats:" not in lines:
-        return {}
-    start = lines.index("Job stats:") + 3
-    counts = {}
-    for line in lines[start:]:
-        rule, count = line.split()
-        if rule == "total":
-            break
-        counts[rule] = int(count)
-    return counts
+def run_args(results: Path, extra: list[str] = ()) -> list[str]:
+    return [*TINY, f"results_dir={results}", f"cache_dir={results}/cache", *extra]
 
 
 @pytest.fixture(scope="session")
@@ -66,7 +38,7 @@ def tiny_run(tmp_path_factory, smollm_dir) -> Path:
     weights = Path(f"{results}/models/{plan.model_key}/weights")
     weights.parent.mkdir(parents=True)
     weights.symlink_to(smollm_dir.resolve(), target_is_directory=True)
-    proc = snakemake(results)
+    proc = snakemake(overrides=run_args(results))
     logs = "\n".join(p.read_text() for p in results.glob("logs/**/*.log"))
     assert proc.returncode == 0, proc.stdout + proc.stderr + logs
     return results
@@ -74,7 +46,7 @@ def tiny_run(tmp_path_factory, smollm_dir) -> Path:
 
 def test_dag_writes_report_and_leaderboard(tiny_run):
     board = pl.read_csv(tiny_run / "tiny" / "leaderboard.csv")
-    assert set(board["method"]) == {"diffmean", "lat", "prompt", "bow", "random"}
+    assert set(board["method"]) == {"diffmean", "prompt", "bow", "random"}
     row = {r["method"]: r for r in board.iter_rows(named=True)}
     diffmean, prompt, bow, rand = row["diffmean"], row["prompt"], row["bow"], row["random"]
     assert 0.0 <= diffmean["detection_auroc"] <= 1.0
@@ -104,22 +76,10 @@ def test_every_stage_writes_its_resolved_config(tiny_run):
 
 
 def test_rerun_executes_zero_jobs(tiny_run):
-    assert planned_jobs(tiny_run) == {}
-
-
-def test_judge_change_reruns_only_judge_and_report(tiny_run):
-    jobs = planned_jobs(tiny_run, ["judge.perplexity_thresholds=[30.0,90.0]"])
-    assert set(jobs) == {"judge", "report", "all"}
-    assert jobs["judge"] == 4  # every steering method; bow only detects
+    assert planned_jobs(run_args(tiny_run)) == {}
 
 
 def test_method_change_reruns_only_that_method(tiny_run):
-    jobs = planned_jobs(tiny_run, ["method.lat.orient_sign=false"])
+    jobs = planned_jobs(run_args(tiny_run, ["method.random.max_concepts=1"]))
     assert set(jobs) == {"train", "detect", "steer", "judge", "report", "all"}
     assert jobs["train"] == jobs["detect"] == jobs["steer"] == jobs["judge"] == 1
-
-
-def test_factor_grid_change_spares_factor_free_methods(tiny_run):
-    jobs = planned_jobs(tiny_run, ["steering.factors=[0.5,2.0]"])
-    assert set(jobs) == {"steer", "judge", "report", "all"}
-    assert jobs["steer"] == 3  # diffmean, lat and random; prompt ignores factors

@@ -1,7 +1,8 @@
 """`axflow` command: run the workflow with Hydra overrides, or check the environment.
 
 axflow run model.layer=20 'method=[diffmean,probe]' --cores 2
-axflow config judge=openai          # print the composed, validated config
+axflow run model.layer=6,12 'method=[diffmean,probe]'   # a Hydra sweep: one DAG, one leaderboard
+axflow config judge=openai          # print the composed, validated config (one per sweep cell)
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import shlex
 import subprocess
 import sys
 
-from axflow.config import REPO_ROOT, ConfigError, compose
+from axflow.config import REPO_ROOT, ConfigError, make_sweep
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,12 +27,16 @@ def main(argv: list[str] | None = None) -> int:
     show.add_argument("overrides", nargs="*")
     args = parser.parse_args(argv)
     try:
-        cfg = compose(args.overrides)  # fail fast, before snakemake starts
+        sweep = make_sweep(args.overrides)  # fail fast, before snakemake starts
     except ConfigError as err:
         print(err, file=sys.stderr)
         return 2
     if args.cmd == "config":
-        print(json.dumps(cfg, indent=2))
+        if not sweep.is_grid:
+            print(json.dumps(sweep.cells[0].plan.cfg, indent=2))
+        else:
+            cells = [{"cell": c.path, "swept": c.swept, "config": c.plan.cfg} for c in sweep.cells]
+            print(json.dumps(cells, indent=2))
         return 0
     cmd = [
         sys.executable,

@@ -90,9 +90,32 @@ def validate(cfg: dict[str, Any]) -> None:
             raise ConfigError(f"config key method.{name}: {err}") from err
 
 
+# Keys left out of the stage keys (they stay in the slices, and so in every config.json): speed
+# knobs, which change how fast a stage runs but never what it writes, and input file paths, whose
+# content enters the data slice as a digest instead (moving a file reruns nothing).
+UNKEYED = {
+    "extraction": {"batch_tokens"},
+    "steering": {"batch_size"},
+    "generator": {"batch_size", "max_concurrency"},
+    "judge": {"batch_size", "embed_batch_size", "max_concurrency"},
+    "dataset": {"concepts", "instructions", "steering_instructions"},
+}
+
+
+def _keyed(obj: Any) -> Any:
+    if not isinstance(obj, dict):
+        return obj
+    out = {}
+    for k, v in obj.items():
+        if isinstance(v, dict) and k in UNKEYED:
+            v = {kk: vv for kk, vv in v.items() if kk not in UNKEYED[k]}
+        out[k] = _keyed(v)
+    return out
+
+
 def stage_key(slice_: Any) -> str:
     """Short content hash of a config slice (stable across runs and machines)."""
-    blob = json.dumps(slice_, sort_keys=True, separators=(",", ":"))
+    blob = json.dumps(_keyed(slice_), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -104,9 +127,17 @@ class MethodPlan:
     detect_level: str
     steering: str | None  # None: detection only, no steer/judge jobs
     factor_free: bool
-    train_key: str
-    steer_key: str | None
-    judge_key: str | None
+    train_keys: list[str]  # one per concept shard, as are the steer and judge keys
+    steer_keys: list[str]
+    judge_keys: list[str]
+
+
+@dataclass
+class ShardPlan:
+    index: int
+    concept_ids: list[int]
+    data_key: str
+    acts_key: str
 
 
 @dataclass
@@ -117,8 +148,7 @@ class Plan:
     cfg: dict[str, Any]
     slices: dict[str, dict[str, Any]] = field(default_factory=dict)  # "stage/key" -> slice
     model_key: str = ""
-    data_key: str = ""
-    acts_key: str = ""
+    shards: list[ShardPlan] = field(default_factory=list)
     methods: list[MethodPlan] = field(default_factory=list)
 
     def add(self, stage: str, slice_: dict[str, Any]) -> str:
@@ -127,8 +157,37 @@ class Plan:
         return key
 
 
+def _data_slices(cfg: dict[str, Any], model_slice: dict[str, Any]) -> list[dict[str, Any]]:
+    """One data slice per non-empty concept shard: the shard's concept ids and digest stand in
+    for the concept list, and the instruction files enter by content."""
+    from axflow.data import shards, sources
+
+    dataset = cfg["dataset"]
+    try:
+        concepts = shards.run_concepts(dataset)
+    except (ValueError, OSError) as err:
+        raise ConfigError(f"config key dataset ({dataset['name']}): {err}") from err
+    files = {
+        "steering_instructions": shards.resolve(dataset["steering_instructions"])
+        or sources.BUILTIN_STEERING_INSTRUCTIONS
+    }
+    if dataset["source"] == "synthesize":
+        files["instructions"] = (
+            shards.resolve(dataset["instructions"]) or sources.BUILTIN_INSTRUCTIONS
+        )
+    common: dict[str, Any] = {
+        "dataset": {k: v for k, v in dataset.items() if k != "max_concepts"},  # ids say it
+        "files": {name: shards.file_digest(path) for name, path in files.items()},
+        "steering_instructions": cfg["steering"]["instructions_per_concept"],
+        "seed": cfg["seed"],
+    }
+    if dataset["source"] == "synthesize":  # the target model writes the data
+        common.update(model=model_slice, generator=cfg["generator"])
+    return [{**common, "shard": shard} for shard in shards.split(concepts, cfg["concept_shards"])]
+
+
 def make_plan(cfg: dict[str, Any]) -> Plan:
-    """Derive the stage slices/keys of a composed config."""
+    """Derive the stage slices/keys of a composed config, per concept shard."""
     from axflow.methods import method_class
 
     plan = Plan(name=cfg["name"], cfg=cfg)
@@ -136,47 +195,117 @@ def make_plan(cfg: dict[str, Any]) -> Plan:
     model_slice = {"model": model}
     plan.model_key = plan.add("model", model_slice)
 
-    dataset = cfg["dataset"]
-    data_slice: dict[str, Any] = {
-        "dataset": dataset,
-        "steering_instructions": cfg["steering"]["instructions_per_concept"],
-        "seed": cfg["seed"],
-    }
-    if dataset["source"] == "synthesize":  # the target model writes the data
-        data_slice.update(model=model_slice, generator=cfg["generator"])
-    plan.data_key = plan.add("data", data_slice)
-
-    acts_slice = {
-        "data": data_slice,
-        "model": model_slice,
-        "layer": cfg["model"]["layer"],
-        "extraction": cfg["extraction"],
-    }
-    plan.acts_key = plan.add("acts", acts_slice)
+    acts_slices = []
+    for data_slice in _data_slices(cfg, model_slice):
+        acts_slice = {
+            "data": data_slice,
+            "model": model_slice,
+            "layer": cfg["model"]["layer"],
+            "extraction": cfg["extraction"],
+        }
+        acts_slices.append(acts_slice)
+        plan.shards.append(
+            ShardPlan(
+                index=data_slice["shard"]["shard"],
+                concept_ids=data_slice["shard"]["ids"],
+                data_key=plan.add("data", data_slice),
+                acts_key=plan.add("acts", acts_slice),
+            )
+        )
 
     for name, mcfg in cfg["method"].items():
         cls = method_class(mcfg["kind"])
-        train_slice = {"acts": acts_slice, "method": mcfg, "method_name": name, "seed": cfg["seed"]}
-        train_key = plan.add("train", train_slice)
-        steer_key = judge_key = None
-        if cls.steering is not None:
-            steering = dict(cfg["steering"])
-            if cls.factor_free:  # the factor grid cannot change a factor-free method's output
-                steering.pop("factors")
-            steer_slice = {"train": train_slice, "steering": steering}
-            steer_key = plan.add("steer", steer_slice)
-            judge_key = plan.add("judge", {"steer": steer_slice, "judge": cfg["judge"]})
-        plan.methods.append(
-            MethodPlan(
-                name=name,
-                kind=mcfg["kind"],
-                detects=cls.detects,
-                detect_level=cls.detect_level,
-                steering=cls.steering,
-                factor_free=cls.factor_free,
-                train_key=train_key,
-                steer_key=steer_key,
-                judge_key=judge_key,
-            )
+        steering = dict(cfg["steering"])
+        if cls.factor_free:  # the factor grid cannot change a factor-free method's output
+            steering.pop("factors")
+        mplan = MethodPlan(
+            name=name,
+            kind=mcfg["kind"],
+            detects=cls.detects,
+            detect_level=cls.detect_level,
+            steering=cls.steering,
+            factor_free=cls.factor_free,
+            train_keys=[],
+            steer_keys=[],
+            judge_keys=[],
         )
+        for acts_slice in acts_slices:
+            train_slice = {
+                "acts": acts_slice,
+                "method": mcfg,
+                "method_name": name,
+                "seed": cfg["seed"],
+            }
+            mplan.train_keys.append(plan.add("train", train_slice))
+            if cls.steering is not None:
+                steer_slice = {"train": train_slice, "steering": steering}
+                mplan.steer_keys.append(plan.add("steer", steer_slice))
+                mplan.judge_keys.append(
+                    plan.add("judge", {"steer": steer_slice, "judge": cfg["judge"]})
+                )
+        plan.methods.append(mplan)
     return plan
+
+
+@dataclass
+class Cell:
+    """One point of a sweep: its overrides, the swept values, and where its report goes."""
+
+    overrides: list[str]
+    swept: dict[str, str]  # swept key -> this cell's value (the sweep report's columns)
+    path: str  # relative to results_dir: <name> alone, or <name>/cells/<slug> in a sweep
+    plan: Plan
+
+
+@dataclass
+class Sweep:
+    """Every cell of a Hydra sweep; their stage slices are shared where equal (same keys)."""
+
+    name: str
+    cells: list[Cell]
+    slices: dict[str, dict[str, Any]]
+
+    @property
+    def is_grid(self) -> bool:
+        return bool(self.cells[0].swept)
+
+
+def _slug(swept: dict[str, str]) -> str:
+    import re
+
+    text = ",".join(f"{k}={v}" for k, v in swept.items())
+    slug = re.sub(r"[^A-Za-z0-9._=,+-]+", "-", text).strip("-")
+    return slug if len(slug) <= 80 else f"{slug[:66]}-{stage_key(text)}"
+
+
+def expand_sweep(overrides: list[str]) -> list[tuple[list[str], dict[str, str]]]:
+    """Hydra's sweep grammar (`model.layer=6,12 method=diffmean,probe`, `range()`, `choice()`) as
+    the cartesian product Hydra's BasicSweeper would launch: each cell's overrides and swept values.
+    """
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(list(overrides))
+    swept_keys = [o.get_key_element() for o in parsed if o.is_sweep_override()]
+    (cells,) = BasicSweeper.split_arguments(parsed, None)
+    out = []
+    for cell in cells:
+        values = dict(item.split("=", 1) for item in cell)
+        out.append((cell, {k.lstrip("+~"): values[k] for k in swept_keys}))
+    return out
+
+
+def make_sweep(overrides: list[str] | None = None) -> Sweep:
+    """Compose and plan every cell of `overrides` (a plain override list is a one-cell sweep)."""
+    cells: list[Cell] = []
+    slices: dict[str, dict[str, Any]] = {}
+    for cell_overrides, swept in expand_sweep(list(overrides or [])):
+        plan = make_plan(compose(cell_overrides))
+        first = cells[0].plan.cfg if cells else plan.cfg
+        for key in ("name", "results_dir", "cache_dir"):
+            if plan.cfg[key] != first[key]:
+                raise ConfigError(f"config key {key}: cannot be swept (one sweep, one {key})")
+        path = plan.name if not swept else f"{plan.name}/cells/{_slug(swept)}"
+        cells.append(Cell(overrides=cell_overrides, swept=swept, path=path, plan=plan))
+        slices.update(plan.slices)
+    return Sweep(name=cells[0].plan.name, cells=cells, slices=slices)

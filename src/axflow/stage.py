@@ -52,35 +52,28 @@ def prepare_model_stage(spec: dict[str, Any]) -> None:
 
 @stage("data")
 def dataset_stage(spec: dict[str, Any]) -> None:
-    from axflow.data import sources
+    from axflow.data import shards, sources
     from axflow.data.validate import validate_examples
 
     s, out = spec["slice"], spec["output"]
-    ds = s["dataset"]
+    ds, shard = s["dataset"], s["shard"]
     if ds["source"] == "axbench":
         from axflow.data.axbench import import_axbench
 
-        folder = Path(ds["axbench_dir"])
-        if not folder.is_absolute():
-            from axflow.config import REPO_ROOT
-
-            folder = REPO_ROOT / folder
+        folder = shards.resolve(ds["axbench_dir"])
         concepts, train, detect_eval = import_axbench(folder)
-        if ds.get("max_concepts"):
-            keep = concepts["concept_id"].head(ds["max_concepts"])
-            concepts = concepts.filter(pl.col("concept_id").is_in(keep.implode()))
-            train = train.filter(
-                pl.col("concept_id").is_in(keep.implode()) | (pl.col("concept_id") == -1)
-            )
-            detect_eval = detect_eval.filter(pl.col("concept_id").is_in(keep.implode()))
+        concepts = shards.select(concepts, shard, str(folder))
+        keep = concepts["concept_id"].implode()
+        train = train.filter(pl.col("concept_id").is_in(keep) | (pl.col("concept_id") == -1))
+        detect_eval = detect_eval.filter(pl.col("concept_id").is_in(keep))
         source = str(folder)
     else:
         from axflow.data.synthesize import CachedGenerator, open_cache, synthesize
 
-        concepts = sources.load_concepts(ds["concepts"])
-        if ds.get("max_concepts"):
-            concepts = concepts.head(ds["max_concepts"])
-        pool = sources.load_instruction_pool(ds["instructions"])
+        concepts = shards.select(
+            sources.load_concepts(shards.resolve(ds["concepts"])), shard, "dataset.concepts"
+        )
+        pool = sources.load_instruction_pool(shards.resolve(ds["instructions"]))
         lm = _load_lm(spec, s["model"])
         model_id = f"{s['model']['model']['name']}@{Path(spec['input']['model']).parent.name}"
         gen = CachedGenerator(
@@ -101,7 +94,7 @@ def dataset_stage(spec: dict[str, Any]) -> None:
     validate_examples(
         detect_eval, split="detect_eval", concepts=concepts, expected=expected_eval, source=source
     )
-    steering = sources.load_steering_instructions(ds["steering_instructions"])
+    steering = sources.load_steering_instructions(shards.resolve(ds["steering_instructions"]))
     prompts = sources.sample_steering_prompts(
         concepts, steering, s["steering_instructions"], s["seed"]
     )
@@ -488,6 +481,13 @@ def report_stage(spec: dict[str, Any]) -> None:
     from axflow.report import write_report
 
     write_report(spec["extra"]["methods"], spec["extra"]["config"], spec["input"], spec["output"])
+
+
+@stage("sweep_report")
+def sweep_report_stage(spec: dict[str, Any]) -> None:
+    from axflow.report import write_sweep_report
+
+    write_sweep_report(spec["extra"], spec["input"], spec["output"])
 
 
 def main(argv: list[str] | None = None) -> None:

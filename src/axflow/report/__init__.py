@@ -54,6 +54,16 @@ def imbalanced_f1(
     return pl.DataFrame(rows, infer_schema_length=None), ratio
 
 
+def _shard_inputs(inputs: dict[str, str], method: str) -> dict[str, list[str]]:
+    """The method's input paths per kind, in shard order (keys `<kind>__<method>__<shard>`)."""
+    out: dict[str, list[str]] = {k: [] for k in ("params", "metrics", "pool", "scores", "ratings")}
+    for key in sorted(inputs, key=lambda k: int(k.rsplit("__", 1)[-1]) if "__" in k else -1):
+        kind, _, rest = key.partition("__")
+        if kind in out and rest.rsplit("__", 1)[0] == method:
+            out[kind].append(inputs[key])
+    return out
+
+
 def build_leaderboard(
     methods: list[dict[str, Any]], inputs: dict[str, str], cfg: dict[str, Any]
 ) -> tuple[pl.DataFrame, dict]:
@@ -65,32 +75,40 @@ def build_leaderboard(
     steering_tables: dict[str, pl.DataFrame] = {}
     for m in methods:
         row: dict[str, Any] = {"method": m["name"], "kind": m["kind"]}
-        detail: dict[str, Any] = {"unmatched": read_unmatched(inputs[f"params__{m['name']}"])}
+        shards = _shard_inputs(inputs, m["name"])
+        detail: dict[str, Any] = {"unmatched": {}}
+        for params in shards["params"]:
+            detail["unmatched"].update(read_unmatched(params))
         row["detection_auroc"] = row["hard_negative_acc"] = row["imbalanced_f1"] = None
         if m["detects"]:
-            det = pl.from_arrow(store.read_table(inputs[f"detect__{m['name']}"], "detect_metrics"))
+            tables, ratios = [], []
+            for metrics, pool, scores in zip(
+                shards["metrics"], shards["pool"], shards["scores"], strict=True
+            ):
+                det = pl.from_arrow(store.read_table(metrics, "detect_metrics"))
+                pool = pl.from_arrow(store.read_table(pool, "pool_scores"))
+                if pool.height:  # the pool stays within a shard (its concepts scored its rows)
+                    columns = ["concept_id", "category", "max_act"]
+                    scored = pl.from_arrow(store.read_table(scores, "detect_scores", columns))
+                    f1, ratio = imbalanced_f1(scored, pool, rep["imbalance_factor"], cfg["seed"])
+                    det = det.join(f1, on="concept_id", how="left")
+                    ratios.append(ratio)
+                tables.append(det)
+            det = pl.concat(tables, how="diagonal_relaxed").sort("concept_id")
             row["detection_auroc"] = det["roc_auc"].mean()
             row["hard_negative_acc"] = det["hard_negative_accuracy"].mean()
-            pool = pl.from_arrow(store.read_table(inputs[f"pool__{m['name']}"], "pool_scores"))
-            if pool.height:
-                scores = pl.from_arrow(
-                    store.read_table(
-                        inputs[f"scores__{m['name']}"],
-                        "detect_scores",
-                        columns=["concept_id", "category", "max_act"],
-                    )
-                )
-                f1, ratio = imbalanced_f1(scores, pool, rep["imbalance_factor"], cfg["seed"])
-                det = det.join(f1, on="concept_id", how="left")
-                row["imbalanced_f1"] = f1["imbalanced_f1"].mean()
-                detail["imbalance_ratio"] = ratio
+            if ratios:
+                row["imbalanced_f1"] = det["imbalanced_f1"].mean()
+                detail["imbalance_ratio"] = float(np.mean(ratios))
             detail["detection"] = det
         for c in ("steering_score", "concept_score", "instruction_score", "fluency_score"):
             row[c] = None
         row["winrate"] = row["mean_factor"] = None
         row["n_concepts"] = row["generations"] = row["judge_failures"] = row["unrated"] = None
         if m["steering"] is not None:
-            ratings = pl.from_arrow(store.read_table(inputs[f"ratings__{m['name']}"], "ratings"))
+            ratings = pl.concat(
+                [pl.from_arrow(store.read_table(p, "ratings")) for p in shards["ratings"]]
+            )
             steer = _steering_rows(ratings)
             detail["steering"] = steering_tables[m["name"]] = steer
             row["steering_score"] = steer["test_score"].mean()
@@ -186,3 +204,40 @@ def write_report(
     with store.atomic_path(outputs["report"], ".md") as tmp:
         tmp.write_text("\n".join(lines) + "\n")
     store.write_json(cfg, outputs["config"])
+
+
+def write_sweep_report(cells: list[dict], inputs: dict[str, str], outputs: dict[str, str]) -> None:
+    """All cells' leaderboards in one table, the swept keys as columns (merged by method)."""
+    boards = []
+    for i, cell in enumerate(cells):
+        board = pl.read_csv(inputs[f"leaderboard__{i}"], infer_schema_length=None)
+        # A column that is empty in one cell reads as text; every column but the names is numeric.
+        empty = [
+            c for c, t in board.schema.items() if t == pl.String and c not in ("method", "kind")
+        ]
+        board = board.with_columns(pl.col(empty).cast(pl.Float64, strict=False))
+        swept = [pl.lit(value, dtype=pl.String).alias(key) for key, value in cell["swept"].items()]
+        boards.append(board.with_columns(*swept, pl.lit(cell["path"]).alias("cell")))
+    keys = list(cells[0]["swept"])
+    merged = pl.concat(boards, how="diagonal_relaxed")
+    merged = merged.select(*keys, pl.exclude(*keys, "cell"), "cell").sort(
+        ["steering_score", "detection_auroc"], descending=True, nulls_last=True
+    )
+    with store.atomic_path(outputs["leaderboard"], ".csv") as tmp:
+        merged.write_csv(tmp, float_precision=4)
+    shown = [*keys, "method", "detection_auroc", "imbalanced_f1", "steering_score", "winrate"]
+    lines = [
+        f"# axflow sweep report: {Path(outputs['report']).parent.name}",
+        "",
+        f"{len(cells)} cells over {', '.join(f'`{k}`' for k in keys)}. Each cell's own report and"
+        " resolved config (`config.json`, from which its numbers reproduce) are in its folder:",
+        "",
+        *[f"- `{c['path']}`" for c in cells],
+        "",
+        "## Leaderboard",
+        "",
+        _md_table(merged.select(shown)),
+        "",
+    ]
+    with store.atomic_path(outputs["report"], ".md") as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
