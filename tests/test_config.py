@@ -143,3 +143,10 @@ def test_sweep_report_puts_swept_keys_in_columns(tmp_path):
     row = merged.filter((pl.col("model.layer") == "12") & (pl.col("method") == "diffmean"))
     assert row["detection_auroc"].item() == pytest.approx(0.7)
     assert "model.layer" in Path(out["report"]).read_text()
+
+
+def test_cli_reports_hydra_errors_without_a_traceback(capsys):
+    from axflow.cli import main
+
+    assert main(["config", "method=nope,diffmean"]) == 2
+    assert "Could not find 'method/nope'" in capsys.readouterr().err

@@ -13,6 +13,8 @@ import shlex
 import subprocess
 import sys
 
+from hydra.errors import HydraException
+
 from axflow.config import REPO_ROOT, ConfigError, make_sweep
 
 
@@ -28,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         sweep = make_sweep(args.overrides)  # fail fast, before snakemake starts
-    except ConfigError as err:
+    except (ConfigError, HydraException) as err:  # Hydra's own message: unknown key or group
         print(err, file=sys.stderr)
         return 2
     if args.cmd == "config":
