@@ -59,8 +59,10 @@ def judge_path(method, jkey):
 
 
 def report_outputs():
-    """The sweep's merged report, or the single experiment's."""
-    return [f"{RES}/{SWEEP.name}/{name}" for name in ("report.md", "leaderboard.csv")]
+    """The sweep's merged report (its own folder, so a plain run's report is never taken for
+    it), or the single experiment's."""
+    folder = f"{RES}/{SWEEP.name}/sweep" if SWEEP.is_grid else f"{RES}/{SWEEP.name}"
+    return [f"{folder}/{name}" for name in ("report.md", "leaderboard.csv")]
 
 
 def stage_spec(stage, slice_stage=None, extra=None):

@@ -22,8 +22,8 @@ if SWEEP.is_grid:
         input:
             unpack(sweep_inputs),
         output:
-            report=f"{RES}/{SWEEP.name}/report.md",
-            leaderboard=f"{RES}/{SWEEP.name}/leaderboard.csv",
+            report=f"{RES}/{SWEEP.name}/sweep/report.md",
+            leaderboard=f"{RES}/{SWEEP.name}/sweep/leaderboard.csv",
         log:
             f"{RES}/logs/report/{SWEEP.name}.sweep.log",
         conda:
