@@ -14,4 +14,4 @@ rule extract_activations:
     params:
         spec=stage_spec("acts"),
     shell:
-        "python -m axflow.stage {params.spec:q} > {log:q} 2>&1"
+        STAGE_CMD

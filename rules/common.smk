@@ -1,5 +1,6 @@
 # Config composition, validation, stage keys and path helpers. Rules stay thin: they call
-# `python -m axflow.stage <stage> <spec>` where spec carries the stage's resolved config slice.
+# `python -m axflow.stage <spec> --input ... --output ...` (STAGE_CMD), the spec carrying the
+# stage's resolved config slice.
 import json
 import re
 
@@ -12,6 +13,10 @@ SWEEP = make_sweep(overrides_from_snakemake(config))
 CELLS = {cell.path: cell for cell in SWEEP.cells}
 CFG = SWEEP.cells[0].plan.cfg  # results_dir and cache_dir cannot be swept
 RES = CFG["results_dir"]
+STAGE_CMD = (
+    "python -m axflow.stage {params.spec:q} --threads {threads}"
+    " --input {input:q} --output {output:q} > {log:q} 2>&1"
+)
 
 
 wildcard_constraints:
@@ -66,18 +71,21 @@ def report_outputs():
 
 
 def stage_spec(stage, slice_stage=None, extra=None):
-    """A params function giving the JSON job spec of `stage` (slice, inputs, outputs, threads)."""
+    """A params function giving the JSON job spec of `stage`: its slice, the names of its inputs
+    and outputs, and the call cache. Paths and threads travel on the command line (STAGE_CMD)
+    instead, so the spec, and with it Snakemake's between-workflow cache hash, does not depend
+    on `results_dir` or the machine.
+    """
 
-    def spec(wildcards, input, output, threads):
+    def spec(wildcards, input, output):
         key = wildcards.get("key")
         return json.dumps(
             {
                 "stage": stage,
                 "slice": slice_of(slice_stage or stage, key) if key else None,
                 "extra": extra(wildcards) if callable(extra) else extra,
-                "input": {k: v for k, v in input.items()},
-                "output": {k: v for k, v in output.items()},
-                "threads": threads,
+                "input_names": list(input.keys()),
+                "output_names": list(output.keys()),
                 "cache_dir": CFG["cache_dir"],
             },
             sort_keys=True,

@@ -9,7 +9,7 @@ rule prepare_model:
     params:
         spec=stage_spec("model"),
     shell:
-        "python -m axflow.stage {params.spec:q} > {log:q} 2>&1"
+        STAGE_CMD
 
 
 rule dataset:
@@ -29,4 +29,4 @@ rule dataset:
     params:
         spec=stage_spec("data"),
     shell:
-        "python -m axflow.stage {params.spec:q} > {log:q} 2>&1"
+        STAGE_CMD

@@ -13,4 +13,4 @@ rule detect:
     params:
         spec=stage_spec("detect", slice_stage="train"),
     shell:
-        "python -m axflow.stage {params.spec:q} > {log:q} 2>&1"
+        STAGE_CMD

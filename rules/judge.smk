@@ -12,4 +12,4 @@ rule judge:
     params:
         spec=stage_spec("judge"),
     shell:
-        "python -m axflow.stage {params.spec:q} > {log:q} 2>&1"
+        STAGE_CMD

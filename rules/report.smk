@@ -13,7 +13,7 @@ rule report:
     params:
         spec=stage_spec("report", extra=report_extra),
     shell:
-        "python -m axflow.stage {params.spec:q} > {log:q} 2>&1"
+        STAGE_CMD
 
 
 if SWEEP.is_grid:
@@ -32,4 +32,4 @@ if SWEEP.is_grid:
         params:
             spec=stage_spec("sweep_report", extra=sweep_extra()),
         shell:
-            "python -m axflow.stage {params.spec:q} > {log:q} 2>&1"
+            STAGE_CMD

@@ -12,4 +12,4 @@ rule steer:
     params:
         spec=stage_spec("steer"),
     shell:
-        "python -m axflow.stage {params.spec:q} > {log:q} 2>&1"
+        STAGE_CMD

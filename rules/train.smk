@@ -12,4 +12,4 @@ rule train:
     params:
         spec=stage_spec("train"),
     shell:
-        "python -m axflow.stage {params.spec:q} > {log:q} 2>&1"
+        STAGE_CMD

@@ -1,12 +1,15 @@
-"""Entry point of every Snakemake job: `python -m axflow.stage '<json spec>'`.
+"""Entry point of every Snakemake job:
+`python -m axflow.stage '<json spec>' --threads N --input ... --output ...`.
 
 The spec (built in rules/common.smk) holds the stage name, its resolved config slice, and the
-named input and output paths. Each stage writes its outputs atomically and, where it owns a
-folder, the resolved slice as `config.json`, so every artefact is self-describing.
+names of the input and output paths given on the command line. Each stage writes its outputs
+atomically and, where it owns a folder, the resolved slice as `config.json`, so every artefact is
+self-describing.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import logging
@@ -493,12 +496,19 @@ def sweep_report_stage(spec: dict[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    spec = json.loads(argv[0])
-    threads = int(spec.get("threads") or 1)
-    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    parser = argparse.ArgumentParser(prog="python -m axflow.stage")
+    parser.add_argument("spec", help="JSON: stage, slice, extra, input/output names, cache_dir")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--input", nargs="*", default=[])
+    parser.add_argument("--output", nargs="*", default=[])
+    args = parser.parse_args(argv)
+    spec = json.loads(args.spec)
+    spec["input"] = dict(zip(spec.pop("input_names"), args.input, strict=True))
+    spec["output"] = dict(zip(spec.pop("output_names"), args.output, strict=True))
+    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     import torch
 
-    torch.set_num_threads(threads)
+    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     log.info("stage %s", spec["stage"])
     t0 = time.time()
