@@ -27,11 +27,23 @@ from typing import Any
 import torch
 
 from axflow.lm.finetune import IGNORE, LMBatch, encode_examples, linear_decay, lm_batches
-from axflow.methods import Example, TokenBatch
+from axflow.methods import Example, Method, TokenBatch
 
 # AxBench's layers for LoReFT and LoRA on Gemma-2-2B ([5, 10, 15, 20] of its 26 blocks).
 AXBENCH_2B_LAYERS = (5, 10, 15, 20)
 AXBENCH_2B_DEPTH = 26
+
+
+class FinetunedModel(Method):
+    """A finetuning baseline: it does not detect, and it steers by swapping in the concept's
+    finetuned model while that concept's rows generate, so the factor plays no part."""
+
+    detects = False
+    steering = "model"
+    factor_free = True
+    uses_lm = True
+
+    loss_history: list[float]  # mean LM loss of every optimiser step of the last `fit`
 
 
 @dataclass

@@ -25,9 +25,10 @@ import numpy as np
 import torch
 
 from axflow.lm.finetune import frozen
-from axflow.methods import Method, TokenBatch, register
+from axflow.methods import TokenBatch, register
 from axflow.methods._finetune import (
     FinetuneConfig,
+    FinetunedModel,
     check_layers,
     is_number,
     positives_of,
@@ -73,14 +74,8 @@ class LoraConfig(FinetuneConfig):
 
 
 @register("lora")
-class LoRA(Method):
+class LoRA(FinetunedModel):
     Config = LoraConfig
-    detects = False
-    steering = "model"
-    factor_free = True
-    uses_lm = True
-
-    loss_history: list[float]  # mean LM loss of every optimiser step of the last `fit`
 
     def layers(self) -> list[int]:
         return resolve_layers("lora", self.cfg.layers, len(self.runtime.lm.layers))

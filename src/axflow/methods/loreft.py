@@ -41,9 +41,10 @@ from torch import nn
 
 from axflow.lm.finetune import frozen
 from axflow.lm.residual import edit_residual
-from axflow.methods import Method, TokenBatch, register
+from axflow.methods import TokenBatch, register
 from axflow.methods._finetune import (
     FinetuneConfig,
+    FinetunedModel,
     check_layers,
     positives_of,
     resolve_layers,
@@ -112,14 +113,8 @@ def prompt_positions(
 
 
 @register("loreft")
-class LoReFT(Method):
+class LoReFT(FinetunedModel):
     Config = LoreftConfig
-    detects = False
-    steering = "model"
-    factor_free = True
-    uses_lm = True
-
-    loss_history: list[float]  # mean LM loss of every optimiser step of the last `fit`
 
     def layers(self) -> list[int]:
         return resolve_layers("loreft", self.cfg.layers, len(self.runtime.lm.layers))

@@ -29,8 +29,15 @@ import numpy as np
 import torch
 
 from axflow.lm.finetune import frozen
-from axflow.methods import Method, TokenBatch, register
-from axflow.methods._finetune import FinetuneConfig, positives_of, response_loss, seeded, train_lm
+from axflow.methods import TokenBatch, register
+from axflow.methods._finetune import (
+    FinetuneConfig,
+    FinetunedModel,
+    positives_of,
+    response_loss,
+    seeded,
+    train_lm,
+)
 
 
 @dataclass
@@ -50,14 +57,8 @@ class SftConfig(FinetuneConfig):
 
 
 @register("sft")
-class SFT(Method):
+class SFT(FinetunedModel):
     Config = SftConfig
-    detects = False
-    steering = "model"
-    factor_free = True
-    uses_lm = True
-
-    loss_history: list[float]  # mean LM loss of every optimiser step of the last `fit`
 
     def trained_parameters(self) -> dict[str, torch.nn.Parameter]:
         """The model's parameters SFT changes, by name (a tied weight appears once)."""
