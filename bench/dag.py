@@ -20,6 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from axflow.jobstats import job_counts
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -35,20 +37,6 @@ def snakemake(*args: str, overrides: list[str] = (), cores: int = 2) -> tuple[fl
     if proc.returncode:
         sys.exit(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
     return wall, proc.stdout + proc.stderr
-
-
-def job_counts(output: str) -> dict[str, int]:
-    """Per-rule job counts from snakemake's "Job stats" table (empty: nothing to do)."""
-    lines = output.splitlines()
-    if "Job stats:" not in lines:
-        return {}
-    counts = {}
-    for line in lines[lines.index("Job stats:") + 3 :]:
-        rule, count = line.split()
-        if rule == "total":
-            break
-        counts[rule] = int(count)
-    return counts
 
 
 def main() -> None:

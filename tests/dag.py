@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from axflow.config import REPO_ROOT
+from axflow.jobstats import job_counts
 
 
 def snakemake(*args: str, overrides: list[str] = ()) -> subprocess.CompletedProcess:
@@ -24,17 +25,7 @@ def planned_jobs(overrides: list[str], *args: str) -> dict[str, int]:
     """Jobs a dry run would execute, per rule (empty when nothing is to be done)."""
     proc = snakemake("--dry-run", *args, overrides=overrides)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    lines = proc.stdout.splitlines()
-    if "Job stats:" not in lines:
-        return {}
-    start = lines.index("Job stats:") + 3
-    counts = {}
-    for line in lines[start:]:
-        rule, count = line.split()
-        if rule == "total":
-            break
-        counts[rule] = int(count)
-    return counts
+    return job_counts(proc.stdout)
 
 
 def materialize(overrides: list[str]) -> None:
