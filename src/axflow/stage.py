@@ -83,19 +83,28 @@ def dataset_stage(spec: dict[str, Any]) -> None:
         pool = sources.load_instructions(
             sources.instruction_files(ds["instructions"], shards.resolve)
         )
+        from axflow.lm.models import weights_dir
+        from axflow.lm.vllm_server import served
+
         cache = open_cache(spec["cache_dir"])
-        model_id = f"{s['model']['model']['name']}@{Path(spec['input']['model']).parent.name}"
+        model_id = _model_id(spec, s["model"])
         target = TargetGenerator(_load_lm(spec, s["model"]), model_id, s["generator"], cache)
-        writer = build_generator(s["generator"], target=target, cache=cache)
-        result = synthesize(
-            concepts,
-            pool,
-            ds,
-            s["seed"],
-            writer=writer,
-            target=target,
-            overgenerate=overgenerate(s["generator"]),
-        )
+        with served(
+            s["generator"],
+            group="generator",
+            target_dir=weights_dir(Path(spec["input"]["model"])),
+            target_id=model_id,
+        ) as gen_cfg:
+            writer = build_generator(gen_cfg, target=target, cache=cache)
+            result = synthesize(
+                concepts,
+                pool,
+                ds,
+                s["seed"],
+                writer=writer,
+                target=target,
+                overgenerate=overgenerate(gen_cfg),
+            )
         concepts, train, detect_eval = result.concepts, result.train, result.detect_eval
         stats["generators"] = {"target": target.stats.as_dict()}
         if writer is not target:
@@ -210,6 +219,11 @@ def read_activations(path: str) -> tuple[pl.DataFrame, np.ndarray]:
     d = len(act[0]) if len(act) else 0
     matrix = act.flatten().to_numpy(zero_copy_only=False).reshape(-1, d)
     return pl.from_arrow(table.drop(["act"])), matrix
+
+
+def _model_id(spec: dict[str, Any], model_slice: dict[str, Any]) -> str:
+    """`name@key` of the job's prepared model: names it in call-cache keys and served endpoints."""
+    return f"{model_slice['model']['name']}@{Path(spec['input']['model']).parent.name}"
 
 
 def _runtime(spec: dict[str, Any], train_slice: dict[str, Any]):
@@ -432,7 +446,29 @@ def steer_stage(spec: dict[str, Any]) -> None:
     s = spec["slice"]
     st, train = s["steering"], s["train"]
     method = build_method(train["method"], _runtime(spec, train))
-    lm = method.runtime.lm
+    vllm_engine = None
+    if st.get("engine", "hf") == "vllm" and method.steering in ("add", "prompt"):
+        from axflow.lm.vllm_engine import VLLMEngine
+
+        rt = method.runtime
+        # Started on the first generate, sized for the longest prompt; exposes .tokenizer/.chat.
+        vllm_engine = VLLMEngine(
+            rt.model_dir,
+            dtype=rt.dtype,
+            chat=rt.chat,
+            max_model_len=None,
+            max_num_seqs=st["batch_size"],
+            seed=train["seed"],
+        )
+        lm = vllm_engine
+    else:
+        if st.get("engine", "hf") == "vllm":
+            log.info(
+                "steering.engine=vllm: method %s steers with %r, which stays on the hf engine",
+                train["method"].get("kind"),
+                method.steering,
+            )
+        lm = method.runtime.lm
     concepts = {
         c["concept_id"]: c["concept"]
         for c in store.read_table(spec["input"]["concepts"], "concepts").to_pylist()
@@ -493,6 +529,11 @@ def steer_stage(spec: dict[str, Any]) -> None:
                     mine, generate(lm, [requests[k] for k in mine], **options), strict=True
                 ):
                     outputs[k] = o
+    elif vllm_engine is not None:  # one call: vLLM schedules all requests itself
+        try:
+            outputs = vllm_engine.generate(requests, **options)
+        finally:
+            vllm_engine.close()
     else:
         outputs = generate(lm, requests, **options)
     log.info("generated %d continuations in %.1fs", len(outputs), time.time() - t0)
@@ -511,15 +552,16 @@ def judge_stage(spec: dict[str, Any]) -> None:
     from axflow.data.synthesize import open_cache
     from axflow.judge import JudgeItem, build_judge
     from axflow.lm.models import weights_dir
+    from axflow.lm.vllm_server import served
 
     s = spec["slice"]
     gens = store.read_table(spec["input"]["generations"], "generations").to_pylist()
-    judge = build_judge(
-        s["judge"],
-        model_dir=str(weights_dir(Path(spec["input"]["model"]))),
-        cache=open_cache(spec["cache_dir"]),
-    )
-    ratings = judge.rate([JudgeItem(g["concept"], g["instruction"], g["generation"]) for g in gens])
+    model_dir = weights_dir(Path(spec["input"]["model"]))
+    model_id = _model_id(spec, s["steer"]["train"]["acts"]["model"])
+    with served(s["judge"], group="judge", target_dir=model_dir, target_id=model_id) as cfg:
+        judge = build_judge(cfg, model_dir=str(model_dir), cache=open_cache(spec["cache_dir"]))
+        items = [JudgeItem(g["concept"], g["instruction"], g["generation"]) for g in gens]
+        ratings = judge.rate(items)
     rows = []
     for g, r in zip(gens, ratings, strict=True):
         rows.append(

