@@ -109,7 +109,7 @@ def test_method_change_reruns_only_that_method(tiny_run):
 def test_vllm_engine_reproduces_the_greedy_generations(tiny_run):
     """steering.engine=vllm reruns only steering and what reads it; greedy, its generations equal
     the hf engine's token for token, so every score after them (the judge is deterministic) and
-    the leaderboard are identical. Runs the additive and the prompt method's steer jobs."""
+    the leaderboard are identical. Runs the additive method's steer job."""
     vllm = ["steering.engine=vllm", "name=tiny_vllm"]
     jobs = planned_jobs(run_args(tiny_run, vllm))
     assert set(jobs) == {"steer", "judge", "report", "all"}
@@ -118,9 +118,10 @@ def test_vllm_engine_reproduces_the_greedy_generations(tiny_run):
     pairs = [
         [tiny_run / "steer" / m.name / m.steer_keys[0] / "generations.parquet" for m in ms]
         for ms in zip(*(p.methods for p in plans), strict=True)
-        if ms[0].name in ("diffmean", "prompt")
+        if ms[0].name == "diffmean"  # prompt rows are unsteered rows: test_vllm_engine.py
     ]
-    proc = snakemake(*(str(vllm_out) for _, vllm_out in pairs), overrides=run_args(tiny_run, vllm))
+    targets = [str(vllm_out) for _, vllm_out in pairs]
+    proc = snakemake(*targets, overrides=run_args(tiny_run, vllm))
     logs = "\n".join(p.read_text() for p in tiny_run.glob("logs/steer/*.log"))
     assert proc.returncode == 0, proc.stdout + proc.stderr + logs
     for hf_out, vllm_out in pairs:
