@@ -447,7 +447,15 @@ def steer_stage(spec: dict[str, Any]) -> None:
     st, train = s["steering"], s["train"]
     method = build_method(train["method"], _runtime(spec, train))
     vllm_engine = None
-    if st.get("engine", "hf") == "vllm" and method.steering in ("add", "prompt"):
+    on_vllm = st.get("engine", "hf") == "vllm"
+    if on_vllm and method.steering not in ("add", "prompt"):
+        log.info(
+            "steering.engine=vllm: method %s steers with %r, which stays on the hf engine",
+            train["method"].get("kind"),
+            method.steering,
+        )
+        on_vllm = False
+    if on_vllm:
         from axflow.lm.vllm_engine import VLLMEngine
 
         rt = method.runtime
@@ -462,12 +470,6 @@ def steer_stage(spec: dict[str, Any]) -> None:
         )
         lm = vllm_engine
     else:
-        if st.get("engine", "hf") == "vllm":
-            log.info(
-                "steering.engine=vllm: method %s steers with %r, which stays on the hf engine",
-                train["method"].get("kind"),
-                method.steering,
-            )
         lm = method.runtime.lm
     concepts = {
         c["concept_id"]: c["concept"]
