@@ -279,11 +279,12 @@ def train_stage(spec: dict[str, Any]) -> None:
 
     limit = s["method"].get("max_concepts")
     stacked: dict[str, list[np.ndarray]] = {}
-    trained, unmatched, seconds = [], {}, {}
+    trained, unmatched, seconds, out_of_scope = [], {}, {}, []
     for n, c in enumerate(concepts):
         cid = c["concept_id"]
-        if limit is not None and n >= limit:
+        if limit is not None and n >= limit:  # by config: the report compares on the subset
             unmatched[cid] = f"not trained: method.{s['method_name']}.max_concepts={limit}"
+            out_of_scope.append(cid)
             continue
         # AxBench: a concept trains on its positives plus the shared negatives of its genre.
         pos = ((meta["concept_id"] == cid) & (meta["category"] == "positive")).to_numpy()
@@ -305,7 +306,12 @@ def train_stage(spec: dict[str, Any]) -> None:
             stacked.setdefault(k, []).append(v if v.dtype == np.float16 else v.astype(np.float32))
     tensors = {k: np.stack(v) for k, v in stacked.items()}
     tensors["concept_id"] = np.array(trained, dtype=np.int64)
-    metadata = {"method": s["method_name"], "unmatched": unmatched, "fit_seconds": seconds}
+    metadata = {
+        "method": s["method_name"],
+        "unmatched": unmatched,
+        "out_of_scope": out_of_scope,
+        "fit_seconds": seconds,
+    }
     store.write_tensors(tensors, spec["output"]["params"], metadata=metadata)
     store.write_json(s, spec["output"]["config"])
 
@@ -338,6 +344,7 @@ def _pooled_scores(method, params, meta, X, idx, examples, concept):
 def detect_stage(spec: dict[str, Any]) -> None:
     from axflow.methods import build_method
     from axflow.metrics.detection import hard_negative_accuracy, roc_auc, youden_threshold
+    from axflow.metrics.uncertainty import delong_auroc
 
     s = spec["slice"]
     method = build_method(s["method"], _runtime(spec, s))
@@ -395,10 +402,13 @@ def detect_stage(spec: dict[str, Any]) -> None:
         )
         labels = np.r_[np.ones(is_pos.sum()), np.zeros(is_neg.sum())]
         pn_scores = np.r_[maxes[is_pos], maxes[is_neg]]
+        auc = delong_auroc(labels, pn_scores)
         metric_rows.append(
             {
                 "concept_id": cid,
                 "roc_auc": roc_auc(labels, pn_scores),
+                "roc_auc_lo": auc.lo,
+                "roc_auc_hi": auc.hi,
                 "hard_negative_accuracy": hard_negative_accuracy(
                     maxes[is_pos], maxes[is_neg], maxes[is_hard]
                 ),

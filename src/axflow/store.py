@@ -89,6 +89,8 @@ SCHEMAS: dict[str, pa.Schema] = {
         [
             pa.field("concept_id", pa.int64(), nullable=False),
             pa.field("roc_auc", pa.float64()),
+            pa.field("roc_auc_lo", pa.float64()),  # DeLong 95% interval
+            pa.field("roc_auc_hi", pa.float64()),
             pa.field("hard_negative_accuracy", pa.float64()),
             pa.field("optimal_threshold", pa.float64()),
             pa.field("max_act", pa.float64(), nullable=False),
