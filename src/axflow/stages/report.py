@@ -1,0 +1,17 @@
+"""Stages `report` (one experiment) and `sweep_report` (every cell of a sweep): `axflow.report`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def report_stage(spec: dict[str, Any]) -> None:
+    from axflow.report import write_report
+
+    write_report(spec["extra"]["methods"], spec["extra"]["config"], spec["input"], spec["output"])
+
+
+def sweep_report_stage(spec: dict[str, Any]) -> None:
+    from axflow.report import write_sweep_report
+
+    write_sweep_report(spec["extra"], spec["input"], spec["output"])
