@@ -13,7 +13,7 @@ from axflow.metrics.detection import (
     roc_auc,
     youden_threshold,
 )
-from axflow.metrics.steering import select_factor, winrate
+from axflow.metrics.steering import select_factor, winrate_points
 
 
 def test_roc_auc_counts_correctly_ordered_pairs():
@@ -161,7 +161,7 @@ def test_max_f1_finds_the_best_threshold_by_hand():
 
 def test_imbalanced_pool_lowers_f1_of_a_weak_scorer():
     """100 negatives per positive: a scorer overlapping the pool loses F1, a clean one keeps it."""
-    from axflow.report import imbalanced_f1
+    from axflow.report.leaderboard import imbalanced_f1
 
     rng = np.random.default_rng(0)
     scores = pl.DataFrame(
@@ -186,8 +186,6 @@ def test_imbalanced_pool_lowers_f1_of_a_weak_scorer():
     assert small == pytest.approx(50 / 4)  # pool too small: every negative, ratio reported
 
 
-def test_winrate_counts_wins_ties_and_losses_per_concept():
-    a = pl.DataFrame({"concept_id": [0, 1, 2, 3], "test_score": [1.0, 0.5, 0.2, None]})
-    b = pl.DataFrame({"concept_id": [0, 1, 2, 3], "test_score": [0.5, 0.5, 0.9, 1.0]})
-    assert winrate(a, b) == pytest.approx((1 + 0.5 + 0) / 3)  # concept 3 unscored: left out
-    assert winrate(a, a.head(0)) is None
+def test_winrate_points_count_wins_ties_and_losses_per_concept():
+    points = winrate_points([1.0, 0.5, 0.2], [0.5, 0.5 + 1e-9, 0.9])
+    assert points.tolist() == [1.0, 0.5, 0.0]

@@ -66,11 +66,19 @@ def test_dag_writes_report_and_leaderboard(tiny_run):
     # Detection-only: a detection row and no steering jobs at all.
     assert 0.0 <= bow["detection_auroc"] <= 1.0 and bow["steering_score"] is None
     assert not list(tiny_run.glob("steer/bow/*"))
-    # max_concepts=2: the third concept is reported as unmatched, never silently dropped.
-    assert rand["unmatched"] == 1 and rand["n_concepts"] == 2
+    # max_concepts=2: a subset by config, marked as such and compared on those 2 concepts.
+    assert rand["unmatched"] == 0 and rand["n_concepts"] == 2
+    assert rand["scope"] == "first 2 per shard" and diffmean["scope"] == "all"
+    # Every mean carries its bootstrap interval; the baseline's own difference is 0.
+    for r in (diffmean, prompt, bow):
+        assert r["detection_auroc_lo"] <= r["detection_auroc"] <= r["detection_auroc_hi"]
+    assert (
+        diffmean["steering_score_lo"] <= diffmean["steering_score"] <= diffmean["steering_score_hi"]
+    )
+    assert prompt["steering_delta"] == 0.0 and diffmean["steering_delta_lo"] is not None
     report = (tiny_run / "tiny" / "report.md").read_text()
     assert "## Leaderboard" in report and "diffmean" in report
-    assert "not trained: method.random.max_concepts=2" in report
+    assert "Limited by `method.random.max_concepts=2`" in report
 
 
 def test_data_job_counts_examples_and_generator_calls(tiny_run):

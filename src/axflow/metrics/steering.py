@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import polars as pl
 
 REQUIRED_COLUMNS = ("concept_id", "split", "factor", "overall")
@@ -74,19 +75,11 @@ def select_factor(df: pl.DataFrame) -> pl.DataFrame:
     ).sort("concept_id")
 
 
-def winrate(method: pl.DataFrame, baseline: pl.DataFrame, tie: float = 1e-6) -> float | None:
-    """Mean over shared concepts of win 1 / tie 0.5 / loss 0 of `method` against `baseline`.
+def winrate_points(method: np.ndarray, baseline: np.ndarray, tie: float = 1e-6) -> np.ndarray:
+    """Per concept: 1 where `method` scores above `baseline`, 0.5 within `tie`, else 0.
 
-    Both frames hold one row per concept (concept_id, test_score), as `select_factor` returns
-    (AxBench Table 3 compares per-concept held-out scores). Concepts missing a score on either
-    side are left out; None when no concept is shared.
+    Their mean is the winrate of paper Table 3 (per-concept held-out scores); AxBench's code
+    compares per generation instead, with the same tie rule.
     """
-    both = method.select("concept_id", pl.col("test_score").alias("a")).join(
-        baseline.select("concept_id", pl.col("test_score").alias("b")), on="concept_id"
-    )
-    both = both.drop_nulls()
-    if both.height == 0:
-        return None
-    diff = both["a"] - both["b"]
-    points = (diff > tie).cast(pl.Float64) + 0.5 * (diff.abs() <= tie).cast(pl.Float64)
-    return float(points.mean())
+    diff = np.asarray(method, dtype=np.float64) - np.asarray(baseline, dtype=np.float64)
+    return (diff > tie) + 0.5 * (np.abs(diff) <= tie)

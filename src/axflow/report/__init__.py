@@ -5,132 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import polars as pl
 
 from axflow import store
-from axflow.metrics.detection import max_f1
-from axflow.metrics.steering import select_factor, winrate
-
-SCORES = ["concept_score", "instruction_score", "fluency_score", "overall"]
-
-
-def _steering_rows(ratings: pl.DataFrame) -> pl.DataFrame:
-    """Per concept: the selected factor and the held-out means of every judge score at it."""
-    rated = ratings.filter(pl.col("overall").is_not_null())
-    chosen = select_factor(rated.select("concept_id", "split", "factor", "overall"))
-    test = ratings.filter(pl.col("split") == "test").join(
-        chosen.select("concept_id", pl.col("factor").alias("chosen")), on="concept_id"
-    )
-    test = test.filter(pl.col("chosen").is_null() | (pl.col("factor") == pl.col("chosen")))
-    means = test.group_by("concept_id").agg([pl.col(c).mean() for c in SCORES])
-    return chosen.join(means, on="concept_id", how="left").sort("concept_id")
-
-
-def imbalanced_f1(
-    scores: pl.DataFrame, pool: pl.DataFrame, factor: float, seed: int
-) -> tuple[pl.DataFrame, float]:
-    """Per concept, F1 at the best threshold of its positives against a shared negative pool.
-
-    AxBench §3.1: one pool of `factor` × (positives per concept) rows is drawn (with `seed`) from
-    every concept's "negative" eval rows, and each concept's scorer rates all of them. Small
-    datasets cannot reach the factor; the pool is then every negative and the achieved ratio is
-    returned with the table.
-    """
-    per_concept = scores.filter(pl.col("category") == "positive").group_by("concept_id").len()
-    n_pos = float(per_concept["len"].mean()) if per_concept.height else 0.0
-    ids = pool["example_id"].unique().sort()
-    size = min(len(ids), max(1, round(factor * n_pos)))
-    drawn = ids.sample(size, seed=seed) if size < len(ids) else ids
-    sampled = pool.filter(pl.col("example_id").is_in(drawn.implode()))
-    rows = []
-    for cid in scores["concept_id"].unique().sort().to_list():
-        pos = scores.filter((pl.col("concept_id") == cid) & (pl.col("category") == "positive"))
-        neg = sampled.filter(pl.col("concept_id") == cid)
-        labels = np.r_[np.ones(pos.height), np.zeros(neg.height)]
-        f1, thr = max_f1(labels, np.r_[pos["max_act"].to_numpy(), neg["max_act"].to_numpy()])
-        rows.append({"concept_id": cid, "imbalanced_f1": f1, "f1_threshold": thr})
-    ratio = size / n_pos if n_pos else 0.0
-    return pl.DataFrame(rows, infer_schema_length=None), ratio
-
-
-def _shard_inputs(inputs: dict[str, str], method: str) -> dict[str, list[str]]:
-    """The method's input paths per kind, in shard order (keys `<kind>__<method>__<shard>`)."""
-    out: dict[str, list[str]] = {k: [] for k in ("params", "metrics", "pool", "scores", "ratings")}
-    for key in sorted(inputs, key=lambda k: int(k.rsplit("__", 1)[-1]) if "__" in k else -1):
-        kind, _, rest = key.partition("__")
-        if kind in out and rest.rsplit("__", 1)[0] == method:
-            out[kind].append(inputs[key])
-    return out
-
-
-def build_leaderboard(
-    methods: list[dict[str, Any]], inputs: dict[str, str], cfg: dict[str, Any]
-) -> tuple[pl.DataFrame, dict]:
-    """One row per method, plus per-method detail tables for the report."""
-    from axflow.stage import read_unmatched
-
-    rep = cfg["report"]
-    rows, details = [], {}
-    steering_tables: dict[str, pl.DataFrame] = {}
-    for m in methods:
-        row: dict[str, Any] = {"method": m["name"], "kind": m["kind"]}
-        shards = _shard_inputs(inputs, m["name"])
-        detail: dict[str, Any] = {"unmatched": {}}
-        for params in shards["params"]:
-            detail["unmatched"].update(read_unmatched(params))
-        row["detection_auroc"] = row["hard_negative_acc"] = row["imbalanced_f1"] = None
-        if m["detects"]:
-            tables, ratios = [], []
-            for metrics, pool, scores in zip(
-                shards["metrics"], shards["pool"], shards["scores"], strict=True
-            ):
-                det = pl.from_arrow(store.read_table(metrics, "detect_metrics"))
-                pool = pl.from_arrow(store.read_table(pool, "pool_scores"))
-                if pool.height:  # the pool stays within a shard (its concepts scored its rows)
-                    columns = ["concept_id", "category", "max_act"]
-                    scored = pl.from_arrow(store.read_table(scores, "detect_scores", columns))
-                    f1, ratio = imbalanced_f1(scored, pool, rep["imbalance_factor"], cfg["seed"])
-                    det = det.join(f1, on="concept_id", how="left")
-                    ratios.append(ratio)
-                tables.append(det)
-            det = pl.concat(tables, how="diagonal_relaxed").sort("concept_id")
-            row["detection_auroc"] = det["roc_auc"].mean()
-            row["hard_negative_acc"] = det["hard_negative_accuracy"].mean()
-            if ratios:
-                row["imbalanced_f1"] = det["imbalanced_f1"].mean()
-                detail["imbalance_ratio"] = float(np.mean(ratios))
-            detail["detection"] = det
-        for c in ("steering_score", "concept_score", "instruction_score", "fluency_score"):
-            row[c] = None
-        row["winrate"] = row["mean_factor"] = None
-        row["n_concepts"] = row["generations"] = row["judge_failures"] = row["unrated"] = None
-        if m["steering"] is not None:
-            ratings = pl.concat(
-                [pl.from_arrow(store.read_table(p, "ratings")) for p in shards["ratings"]]
-            )
-            steer = _steering_rows(ratings)
-            detail["steering"] = steering_tables[m["name"]] = steer
-            row["steering_score"] = steer["test_score"].mean()
-            for c in ("concept_score", "instruction_score", "fluency_score"):
-                row[c] = steer[c].mean()
-            row["mean_factor"] = None if m["factor_free"] else steer["factor"].mean()
-            row["n_concepts"] = steer.height
-            row["generations"] = ratings.height
-            row["judge_failures"] = int(ratings["failures"].sum())
-            row["unrated"] = int(ratings["overall"].is_null().sum())
-        row["unmatched"] = len(detail["unmatched"])
-        rows.append(row)
-        details[m["name"]] = detail
-    baseline = steering_tables.get(rep["winrate_baseline"] or "")
-    if baseline is not None:
-        for row in rows:
-            if row["method"] in steering_tables:
-                row["winrate"] = winrate(steering_tables[row["method"]], baseline)
-    board = pl.DataFrame(rows, infer_schema_length=None).sort(
-        ["steering_score", "detection_auroc"], descending=True, nulls_last=True
-    )
-    return board, details
+from axflow.report.leaderboard import MethodResult, build_leaderboard
 
 
 def _md_table(df: pl.DataFrame) -> str:
@@ -189,63 +67,151 @@ GENERATOR_TOTALS = (
 )
 
 
+def _cell(row: dict[str, Any], name: str) -> str:
+    """`value [lo, hi]` for a column with an interval, `–` when absent."""
+    if row.get(name) is None:
+        return "–"
+    if row.get(f"{name}_lo") is None:
+        return f"{row[name]:.3f}"
+    return f"{row[name]:.3f} [{row[f'{name}_lo']:.3f}, {row[f'{name}_hi']:.3f}]"
+
+
+def leaderboard_markdown(board: pl.DataFrame, baseline: str | None) -> str:
+    """The leaderboard as a Markdown table, each mean with its 95% interval in brackets."""
+    vs = f" vs {baseline}" if baseline else ""
+    columns = {
+        "method": lambda r: r["method"],
+        "concepts": lambda r: f"{r['n_concepts']}" + ("" if r["scope"] == "all" else "*"),
+        "coverage": lambda r: "–" if r["coverage"] is None else f"{r['coverage']:.0%}",
+        "detection AUROC": lambda r: _cell(r, "detection_auroc"),
+        f"Δ AUROC{vs}": lambda r: _cell(r, "detection_delta"),
+        "hard-neg acc": lambda r: _cell(r, "hard_negative_acc"),
+        "imbalanced F1": lambda r: _cell(r, "imbalanced_f1"),
+        "steering": lambda r: _cell(r, "steering_score"),
+        f"Δ steering{vs}": lambda r: _cell(r, "steering_delta"),
+        f"winrate{vs}": lambda r: _cell(r, "winrate"),
+        "concept / instr. / fluency": lambda r: (
+            "–"
+            if r["concept_score"] is None
+            else " / ".join(
+                f"{r[c]:.2f}" for c in ("concept_score", "instruction_score", "fluency_score")
+            )
+        ),
+        "judge failures": lambda r: (
+            "–" if r["judge_failures"] is None else str(r["judge_failures"])
+        ),
+    }
+    head = "| " + " | ".join(columns) + " |"
+    sep = "|" + "|".join("---" for _ in columns) + "|"
+    body = [
+        "| " + " | ".join(f(r) for f in columns.values()) + " |"
+        for r in board.iter_rows(named=True)
+    ]
+    return "\n".join([head, sep, *body])
+
+
+def scope_line(inputs: dict[str, str], concepts: pl.DataFrame) -> str:
+    """ "N of M concepts" when a cap or a shard leaves concepts of the source out."""
+    stats = [store.read_json(p) for k, p in sorted(inputs.items()) if k.startswith("data_stats__")]
+    scope = next((s["scope"] for s in stats if "scope" in s), None)
+    n = concepts.height
+    if scope is None or scope.get("source_concepts") in (None, n):
+        return f"- concepts: all {n} of the dataset"
+    why = (
+        f" (`dataset.max_concepts={scope['max_concepts']}`)"
+        if scope.get("max_concepts") is not None
+        else ""
+    )
+    return f"- concepts: **{n} of {scope['source_concepts']}**{why}; the rest were left out"
+
+
+def _method_section(result: MethodResult, baseline: str | None) -> list[str]:
+    lines = ["", f"## {result.name}", ""]
+    if result.limit is not None:
+        lines += [
+            f"Limited by `method.{result.name}.max_concepts={result.limit}`: its means cover "
+            f"{len(result.scope)} concepts, and its comparisons against `{baseline}` use those "
+            "same concepts.",
+            "",
+        ]
+    if result.unmatched:
+        lines += ["Concepts without parameters (entered at chance / 0, counted in coverage):", ""]
+        lines += [f"- {cid}: {why}" for cid, why in sorted(result.unmatched.items())]
+        lines.append("")
+    if result.detection is not None:
+        if result.imbalance_ratio is not None:
+            lines += [f"Imbalanced pool: {result.imbalance_ratio:.1f} negatives per positive.", ""]
+        det = result.detection.drop(
+            [c for c in ("roc_auc_lo", "roc_auc_hi") if c not in result.detection.columns]
+        )
+        lines += [
+            "Detection per concept (roc_auc_lo/hi: DeLong 95% interval):",
+            "",
+            _md_table(det),
+            "",
+        ]
+    if result.steering is not None:
+        lines += [
+            "Steering per concept (factor chosen on the selection split, scores on held-out"
+            " instructions):",
+            "",
+            _md_table(result.steering),
+            "",
+        ]
+    return lines
+
+
 def write_report(
     methods: list[dict], cfg: dict, inputs: dict[str, str], outputs: dict[str, str]
 ) -> None:
-    board, details = build_leaderboard(methods, inputs, cfg)
+    board, results, concepts = build_leaderboard(methods, inputs, cfg)
     with store.atomic_path(outputs["leaderboard"], ".csv") as tmp:
         board.write_csv(tmp, float_precision=4)
     model, ds, judge, st = cfg["model"], cfg["dataset"], cfg["judge"], cfg["steering"]
+    baseline = cfg["report"]["winrate_baseline"]
+    if baseline not in results:
+        baseline = None
     lines = [
         f"# axflow report: {cfg['name']}",
         "",
         f"- model: `{model['name']}` layer {model['layer']} ({model['dtype']})",
         f"- dataset: `{ds['name']}` ({ds['source']})",
+        scope_line(inputs, concepts),
         f"- judge: `{judge['name']}`; steering factors {st['factors']}, "
         f"{st['max_new_tokens']} new tokens, temperature {st['temperature']}",
-        "- detection: mean over concepts of ROC AUC of max-pooled token scores (hard negatives"
-        " excluded); steering: harmonic mean of concept/instruction/fluency scores (0–2) on"
-        " held-out instructions at the factor chosen on the selection half.",
         f"- resolved config: `{Path(outputs['config']).name}` beside this file",
         "",
         "## Leaderboard",
         "",
-        _md_table(board),
+        leaderboard_markdown(board, baseline),
         "",
+        "How to read it:",
+        "",
+        "- Detection: mean over concepts of the ROC AUC of max-pooled token scores (hard negatives"
+        " excluded). Steering: harmonic mean of the judge's concept / instruction / fluency scores"
+        " (0–2) on held-out instructions at the factor chosen on the selection half.",
+        f"- Every mean covers the same {concepts.height} concepts, except methods marked * (limited"
+        " by their config, compared on their own subset). A concept a method could not handle"
+        " enters at chance: AUROC 0.5, steering 0 (AxBench's score of a failed generation);"
+        " `coverage` is the share of concepts measured rather than imputed.",
+        f"- Brackets: 95% percentile-bootstrap intervals over concepts (seed {cfg['seed']},"
+        " 2000 resamples). Δ columns: paired bootstrap of the per-concept difference against"
+        f" `{baseline}`; an interval that contains 0 means the data cannot tell the two apart.",
+        f"- Winrate: per concept, held-out steering score against `{baseline}` (win 1, tie 0.5,"
+        " loss 0), as paper Table 3 counts it (the paper's baseline is SAE; AxBench's code compares"
+        " per generation against prompting). Imbalanced F1: each concept's positives against one"
+        " shared pool of negative eval rows, F1 at its best threshold (pool target "
+        f"{cfg['report']['imbalance_factor']}x positives).",
     ]
     failures = int(board["judge_failures"].fill_null(0).sum())
     unrated = int(board["unrated"].fill_null(0).sum())
     lines.append(
-        f"Judge failures (sub-ratings that could not be obtained, never scored 0): {failures}; "
-        f"generations without an overall score: {unrated}."
-    )
-    baseline = cfg["report"]["winrate_baseline"]
-    lines.append(
-        f"Winrate: per concept, held-out score against `{baseline}` (win 1, tie 0.5, loss 0). "
-        "Imbalanced F1: each concept's positives against one shared pool of negative eval rows, "
-        f"F1 at its best threshold (pool target {cfg['report']['imbalance_factor']}x positives)."
+        f"- Judge failures (sub-ratings that could not be obtained, never scored 0 silently): "
+        f"{failures}; generations without an overall score: {unrated}."
     )
     lines += data_section(inputs)
-    for name, detail in details.items():
-        lines += ["", f"## {name}", ""]
-        if detail["unmatched"]:
-            lines += ["Concepts without parameters (not scored):", ""]
-            lines += [f"- {cid}: {why}" for cid, why in sorted(detail["unmatched"].items())]
-            lines.append("")
-        if "detection" in detail:
-            if "imbalance_ratio" in detail:
-                lines.append(
-                    f"Imbalanced pool: {detail['imbalance_ratio']:.1f} negatives per positive."
-                )
-                lines.append("")
-            lines += ["Detection per concept:", "", _md_table(detail["detection"]), ""]
-        if "steering" in detail:
-            lines += [
-                "Steering per concept (factor chosen on the selection split):",
-                "",
-                _md_table(detail["steering"]),
-                "",
-            ]
+    for result in results.values():
+        lines += _method_section(result, baseline)
     with store.atomic_path(outputs["report"], ".md") as tmp:
         tmp.write_text("\n".join(lines) + "\n")
     store.write_json(cfg, outputs["config"])
