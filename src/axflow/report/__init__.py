@@ -224,7 +224,9 @@ def write_sweep_report(cells: list[dict], inputs: dict[str, str], outputs: dict[
         board = pl.read_csv(inputs[f"leaderboard__{i}"], infer_schema_length=None)
         # A column that is empty in one cell reads as text; every column but the names is numeric.
         empty = [
-            c for c, t in board.schema.items() if t == pl.String and c not in ("method", "kind")
+            c
+            for c, t in board.schema.items()
+            if t == pl.String and c not in ("method", "kind", "scope")
         ]
         board = board.with_columns(pl.col(empty).cast(pl.Float64, strict=False))
         swept = [pl.lit(value, dtype=pl.String).alias(key) for key, value in cell["swept"].items()]
