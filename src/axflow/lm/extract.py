@@ -38,11 +38,13 @@ def extract_residuals(
     deepest one) serves them all: `by_layer[l]` holds each, `acts` the first listed.
 
     `positions="all"` keeps every token after the shared chat prefix (instruction and response, as
-    AxBench does); `"response"` keeps response tokens only. Examples are batched by length and
-    the forward pass stops after the hooked block. Yields in input order.
+    AxBench does); `"response"` keeps response tokens only; `"from_1"` keeps every token from
+    position 1 on (all but the first, chat-template tokens included: what AxBench's probe trains
+    on). Examples are batched by length and the forward pass stops after the hooked block.
+    Yields in input order.
     """
-    if positions not in ("all", "response"):
-        raise ValueError(f"positions={positions!r}; use 'all' or 'response'")
+    if positions not in ("all", "response", "from_1"):
+        raise ValueError(f"positions={positions!r}; use 'all', 'response' or 'from_1'")
     if (layer is None) == (layers is None):
         raise ValueError("pass exactly one of layer= or layers=")
     wanted = [layer] if layers is None else list(dict.fromkeys(layers))
@@ -78,7 +80,7 @@ def extract_residuals(
         hidden = {lay: out.float().cpu().numpy() for lay, out in zip(wanted, outputs, strict=True)}
         for row, k in enumerate(batch):
             seq, response_start = encoded[k]
-            first = response_start if positions == "response" else prefix
+            first = {"response": response_start, "from_1": 1}.get(positions, prefix)
             pos = np.arange(first, len(seq))
             by_layer = {lay: np.ascontiguousarray(hidden[lay][row, pos]) for lay in wanted}
             results[k] = ExampleActivations(

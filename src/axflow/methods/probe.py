@@ -1,7 +1,8 @@
 """Probe: per-token logistic regression on the residual stream, scored without its bias.
 
-AxBench §2.1 (`LinearProbe`): every token after the chat prefix is a training point carrying its
-example's label; loss = BCE(sigmoid(h·w + b), label) + l1_coeff · (|w|₁ + |b|); AdamW with a linear
+AxBench §2.1 (`LinearProbe`): every token of an example is a training point carrying its
+example's label; loss = BCE(sigmoid(h·w), label) + l1_coeff · |w|₁ (AxBench's linear layer has no
+bias; `bias: true`, our default, adds a learnt b to the logit); AdamW with a linear
 learning-rate decay to 0 and no warm-up. Before every optimiser step w is renormalised to unit norm
 and the gradient component parallel to w is removed, so training moves the direction, not its
 length. Batches are whole examples (`batch_size` sequences, all their tokens), as in AxBench.
@@ -12,7 +13,7 @@ cached activations rather than through the LM, so they train in about a second p
 CPU core; nothing was shrunk. Deterministic for a given seed (init and shuffling draw from one
 seeded generator).
 
-Two documented departures, both options (`standardize`, `unit_norm`/`l2_coeff`), defaulting on:
+Four documented departures, all options, defaulting on (`protocol=axbench` turns every one off):
 
 - `standardize`: the probe is fitted on per-dimension standardised features z = (h − μ)/σ (μ, σ from
   the concept's training tokens) and the learnt direction is mapped back to the raw stream,
@@ -27,8 +28,22 @@ Two documented departures, both options (`standardize`, `unit_norm`/`l2_coeff`),
   0.3-10 (≈0.93 at both layers) against 0.81/0.80 for AxBench's recipe; 1.0 is the middle of that
   plateau. Caveat: a held-out split of the *train* rows prefers weaker shrinkage (its negatives
   share the style cue), so this default is chosen as the principled "stay close to the mean
-  difference" setting, not by train-split validation. `standardize: false, unit_norm: true,
-  l2_coeff: 0, weight_decay: 1e-3` restores AxBench's recipe exactly.
+  difference" setting, not by train-split validation.
+- `bias: true`: the logit is h·w + b. AxBench's probe is `nn.Linear(d, 1, bias=False)`, so its
+  logit is h·w alone; `bias: false` trains no b. (With `standardize` the centring z = h − μ
+  still acts as a bias; AxBench has neither.)
+- `train_positions: after_prefix`: the probe trains on the tokens the activations stage kept
+  (every token after the shared chat prefix, as detection scores them). AxBench's probe trains
+  on every token from position 1 (all but BOS, chat-template tokens included): `from_1`. The
+  positions 1..prefix−1 are the same tokens in every example, so under causal attention their
+  activations are too: `fit` computes them once per job through the LM
+  (`extract_residuals(positions="from_1")` on one example, `self.runtime.lm` at
+  `self.runtime.layer`) and adds them to every example's tokens with that example's label. This
+  equals AxBench's set when the batch holds every token after the prefix
+  (`extraction.positions: all`, the default).
+
+`standardize: false, bias: false, unit_norm: true, l2_coeff: 0, weight_decay: 1e-3,
+train_positions: from_1` is AxBench's recipe exactly (config/protocol/axbench.yaml).
 """
 
 from __future__ import annotations
@@ -46,6 +61,9 @@ if TYPE_CHECKING:
     import torch
 
 
+TRAIN_POSITIONS = ("after_prefix", "from_1")
+
+
 @dataclass
 class ProbeConfig:
     batch_size: int = 12  # examples (sequences) per step
@@ -56,6 +74,8 @@ class ProbeConfig:
     standardize: bool = True  # fit on (h − μ)/σ per dimension; direction mapped back as w/σ
     unit_norm: bool = False  # AxBench's unit-norm projection of w before every step
     l2_coeff: float = 1.0  # l2_coeff · |w|² added to the loss (w only, not the bias)
+    bias: bool = True  # learn a bias b in sigmoid(h·w + b) (AxBench: no bias)
+    train_positions: str = "after_prefix"  # after_prefix | from_1 (AxBench: from position 1)
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.epochs < 1:
@@ -67,6 +87,11 @@ class ProbeConfig:
         if self.l2_coeff < 0 or self.l1_coeff < 0:
             raise ValueError(
                 f"method probe: l1_coeff={self.l1_coeff} and l2_coeff={self.l2_coeff} must be ≥ 0"
+            )
+        if self.train_positions not in TRAIN_POSITIONS:
+            raise ValueError(
+                f"method probe: train_positions={self.train_positions!r}; use one of "
+                f"{list(TRAIN_POSITIONS)}"
             )
 
 
@@ -85,6 +110,8 @@ class Probe(Method):
                 "negative examples"
             )
         gen = torch.Generator().manual_seed(seed)
+        if cfg.train_positions == "from_1":
+            data = self._with_prefix_tokens(data)
         acts = torch.as_tensor(np.asarray(data.acts, dtype=np.float32))
         d = acts.shape[1]
         mean, scale = torch.zeros(d), torch.ones(d)
@@ -97,8 +124,13 @@ class Probe(Method):
         # nn.Linear's default initialisation, drawn from the seeded generator.
         bound = 1.0 / d**0.5
         w = ((torch.rand(d, generator=gen) * 2 - 1) * bound).requires_grad_()
-        b = ((torch.rand((), generator=gen) * 2 - 1) * bound).requires_grad_()
-        opt = torch.optim.AdamW([w, b], lr=cfg.lr, weight_decay=cfg.weight_decay)
+        if cfg.bias:
+            b = ((torch.rand((), generator=gen) * 2 - 1) * bound).requires_grad_()
+        else:  # nn.Linear(d, 1, bias=False): the logit is h·w, nothing else is learnt
+            b = torch.zeros(())
+        opt = torch.optim.AdamW(
+            [w, b] if cfg.bias else [w], lr=cfg.lr, weight_decay=cfg.weight_decay
+        )
         total = cfg.epochs * -(-len(tokens_of) // cfg.batch_size)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: max(0.0, 1 - step / total))
 
@@ -133,6 +165,42 @@ class Probe(Method):
 
     def token_scores(self, params: dict[str, np.ndarray], acts: np.ndarray) -> np.ndarray:
         return np.asarray(acts, dtype=np.float32) @ params["direction"].astype(np.float32)
+
+    def prefix_acts(self, example: tuple[str, str]) -> np.ndarray:
+        """Activations at positions 1..prefix−1 (the shared chat prefix without its first token),
+        through the LM at the runtime's layer; computed once per job (they never change)."""
+        layer = self.runtime.layer
+        if layer is None:
+            raise ValueError("method probe: train_positions=from_1 needs Runtime(layer=...)")
+        cache = self.__dict__.setdefault("_prefix_acts", {})  # layer -> [prefix − 1, d]
+        if layer not in cache:
+            from axflow.lm.extract import extract_residuals
+            from axflow.lm.prompts import shared_prefix_length
+
+            lm = self.runtime.lm
+            prefix = shared_prefix_length(lm.tokenizer, lm.chat)
+            (ex,) = extract_residuals(lm, [example], layer=int(layer), positions="from_1")
+            if ex.positions[0] != 1 or len(ex.positions) < prefix - 1:
+                raise RuntimeError("from_1 extraction did not start at position 1")
+            cache[layer] = np.ascontiguousarray(ex.acts[: prefix - 1], dtype=np.float32)
+        return cache[layer]
+
+    def _with_prefix_tokens(self, data: TokenBatch) -> TokenBatch:
+        """`data` plus, for every example, the prefix positions 1..prefix−1 with its label."""
+        if not data.examples:
+            raise ValueError(
+                "method probe: train_positions=from_1 needs the batch's examples as text"
+            )
+        first = data.examples[0]
+        extra = self.prefix_acts((first.instruction, first.response))
+        ids, labels = data.example_labels()
+        n = len(extra)
+        return TokenBatch(
+            acts=np.concatenate([np.tile(extra, (len(ids), 1)), data.acts]),
+            example=np.concatenate([np.repeat(ids, n), data.example]),
+            label=np.concatenate([np.repeat(labels, n), data.label]).astype(np.int8),
+            examples=data.examples,
+        )
 
 
 def _tokens_by_example(example: np.ndarray) -> list[torch.Tensor]:
