@@ -72,8 +72,11 @@ class EmbeddedJudgeConfig:
     max_length: int = 512  # prompt + generation tokens per perplexity sequence
     dtype: str = "float32"
     device: str = "cpu"
+    unparseable: str = "fail"  # accepted for every judge; this one always produces its scores
 
     def __post_init__(self) -> None:
+        if self.unparseable not in ("fail", "zero"):
+            raise ValueError(f"judge.unparseable={self.unparseable!r}; use 'fail' or 'zero'")
         for key in ("concept_thresholds", "instruction_thresholds", "repetition_thresholds"):
             _check_pair(key, getattr(self, key))
         _check_pair("perplexity_thresholds", self.perplexity_thresholds)

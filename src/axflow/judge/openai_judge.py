@@ -5,7 +5,9 @@ Each generation gets three separate single-turn prompts (concept, instruction, f
 exponential backoff; an unparseable reply is asked again up to `max_retries` times and then counts
 as a failure (sub-score None). Authentication and not-found errors, and transient errors that
 outlast the retries, stop the run with a message naming the endpoint, since every later call would
-fail the same way.
+fail the same way. With `unparseable: zero` (AxBench; protocol=axbench) the first reply is final
+and one without a valid rating scores 0, as AxBench's parser does (no re-ask, no failure counted;
+a request the endpoint rejects scores 0 too).
 
 Every reply is stored in the CallCache under (model, {temperature, max_tokens, attempt}, prompt).
 The attempt number is part of the key, so a rerun replays the same transcript, re-asks included,
@@ -46,13 +48,20 @@ class OpenAIJudgeConfig:
     backoff_s: float = 1.0  # first wait; doubles per retry up to backoff_max_s
     backoff_max_s: float = 60.0
     timeout_s: float = 120.0
+    unparseable: str = "fail"  # fail: re-ask, then a counted failure; zero: score 0 (AxBench)
 
     def __post_init__(self) -> None:
+        if self.unparseable not in UNPARSEABLE:
+            raise ValueError(
+                f"judge.unparseable={self.unparseable!r}; use one of {list(UNPARSEABLE)}"
+            )
         if self.max_concurrency < 1:
             raise ValueError(f"judge.max_concurrency must be >= 1, got {self.max_concurrency}")
         if self.max_retries < 0 or self.transport_retries < 0:
             raise ValueError("judge.max_retries and judge.transport_retries must be >= 0")
 
+
+UNPARSEABLE = ("fail", "zero")
 
 # Kept under the judge's name for callers that catch it.
 JudgeEndpointError = EndpointError
@@ -112,7 +121,9 @@ class OpenAIJudge:
         prompt = judge_prompt(
             aspect, concept=item.concept, instruction=item.instruction, generation=item.generation
         )
-        for attempt in range(self.cfg.max_retries + 1):
+        zero = self.cfg.unparseable == "zero"
+        attempts = 1 if zero else self.cfg.max_retries + 1
+        for attempt in range(attempts):
             params = {
                 "temperature": self.cfg.temperature,
                 "max_tokens": self.cfg.max_tokens,
@@ -122,11 +133,20 @@ class OpenAIJudge:
             if reply is None:
                 reply = self._complete(prompt)
                 if reply is None:
-                    return None
+                    return 0.0 if zero else None
                 self.cache.put(self.cfg.model, params, prompt, reply)
             score = parse_rating(reply)
             if score is not None:
                 return score
+        if zero:
+            log.warning(
+                "judge %s gave no valid rating for the %s prompt; scored 0 (unparseable=zero); "
+                "reply ends with %r",
+                self.cfg.model,
+                aspect,
+                reply[-120:],
+            )
+            return 0.0
         log.warning(
             "judge %s gave no valid rating for the %s prompt after %d attempts; last reply "
             "ends with %r",

@@ -5,8 +5,10 @@ fluency) because one combined prompt rates worse, and fluency is needed because 
 score on concept and instruction. The prompts below are written for axflow; they keep AxBench's
 scales and its `Rating: [[s]]` answer format so replies parse the same way.
 
-One deliberate difference: AxBench scores an unparseable reply as 0. `parse_rating` returns None
-instead, so a judge failure is never mistaken for a bad generation.
+Two differences. The prompt texts are our own (same scales and answer format; not switchable).
+Deviation: AxBench scores an unparseable reply as 0. `parse_rating` returns None instead, so a
+judge failure is never mistaken for a bad generation; the judge config key `unparseable: zero`
+(protocol=axbench) restores AxBench's rule in the OpenAI-compatible judges.
 """
 
 from __future__ import annotations
