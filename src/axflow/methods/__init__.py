@@ -58,13 +58,16 @@ class TokenBatch:
 
     `acts` are the cached residual activations of every token after the shared chat prefix;
     `examples` are the same examples as text, in ascending `example_id` order, for methods that
-    train through the language model or on words.
+    train through the language model or on words; `sae_id` is the concept's own SAE feature where
+    its data carries one (imported AxBench data does), for the SAE method.
     """
 
     acts: np.ndarray  # [n_tokens, d] float32 residual activations
     example: np.ndarray  # [n_tokens] int, which example (sequence) each token belongs to
     label: np.ndarray  # [n_tokens] int8, 1 if the token's example is a positive
     examples: list[Example] = field(default_factory=list)
+    # The concept's SAE feature index where the data names one (AxBench's `sae_id`), else None.
+    sae_id: int | None = None
 
     def example_labels(self) -> tuple[np.ndarray, np.ndarray]:
         """(unique example ids, their labels)."""

@@ -11,9 +11,14 @@ folder, see `axflow.lm.sae`) or trained in `setup` on every training token of ev
 (`source: train`, a TopK SAE, Gao et al. 2024), so the default experiment has SAE rows without a
 download. Departures:
 
-- `sae`: concepts carry no feature index yet (imported AxBench data has `sae_id`, not passed to
-  methods), so the latent is AxBench's `GemmaScopeSAEMaxDiff` choice: the largest difference
-  between the positives' and negatives' mean activation (token mean per example, then class mean).
+- `sae`, `latent: max_diff` (default): the latent is AxBench's `GemmaScopeSAEMaxDiff` choice,
+  the largest difference between the positives' and negatives' mean activation (token mean per
+  example, then class mean), because most concepts carry no feature index (only imported AxBench
+  data has `sae_id`, and it indexes GemmaScope, not an SAE trained here). `latent: own`
+  (protocol=axbench) is AxBench's "SAE" row: the concept's own feature `TokenBatch.sae_id`,
+  used where the data carries one and the SAE is loaded (`source: load`, the SAE the ids
+  index); elsewhere (no sae_id, or `source: train`) the train job logs it and falls back to
+  `max_diff`.
 - Ties in SAE-A's AUROC (several latents separating the training examples perfectly are common)
   go to the larger positive-minus-negative gap of max-pooled activations.
 - A concept no latent matches raises `Unmatched` (nothing fires on its positives, or no latent is
@@ -30,6 +35,7 @@ download. Departures:
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -39,6 +45,8 @@ from scipy.stats import rankdata
 
 from axflow.lm.sae import SparseAutoencoder, TrainLog, train_topk
 from axflow.methods import Method, TokenBatch, Unmatched, register
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -55,6 +63,7 @@ class SAEConfig:
     aux_coeff: float = 1 / 32
     seed: int = 0
     device: str = "cpu"
+    latent: str = "max_diff"  # max_diff | own (the concept's sae_id, AxBench's SAE row)
 
     name: ClassVar[str] = "sae"
 
@@ -76,6 +85,10 @@ class SAEConfig:
             raise ValueError(f"{where}.lr={self.lr} must be > 0")
         if self.aux_k < 0 or self.aux_coeff < 0:
             raise ValueError(f"{where}.aux_k and aux_coeff must be ≥ 0")
+        if self.latent not in ("max_diff", "own"):
+            raise ValueError(f"{where}.latent={self.latent!r} must be 'max_diff' or 'own'")
+        if self.latent == "own" and self.name == "sae_a":
+            raise ValueError(f"{where}.latent=own: SAE-A selects its latent by AUROC")
 
 
 @dataclass
@@ -140,6 +153,9 @@ class SAE(Method):
                 f"{self.name} for concept {concept!r}: training tokens need both positive and "
                 "negative examples"
             )
+        own = self._own_latent(data, concept)
+        if own is not None:
+            return self.sae.latent_params(own)
         maxima, means = self.sae.pooled_latents(data.acts, data.example)
         fires = maxima[positive].max(axis=0) > 0
         if not fires.any():
@@ -160,6 +176,21 @@ class SAE(Method):
                     f"no SAE latent is more active on {concept!r}'s positives than on its negatives"
                 )
         return self.sae.latent_params(latent)
+
+    def _own_latent(self, data: TokenBatch, concept: str) -> int | None:
+        """The concept's own feature with `latent: own`, where usable; else None (logged)."""
+        if self.cfg.latent != "own":
+            return None
+        if data.sae_id is None or self.cfg.source != "load":
+            why = "its data carries no sae_id" if data.sae_id is None else "the SAE is trained here"
+            log.warning("%s for %r: latent=own, but %s; using max_diff", self.name, concept, why)
+            return None
+        if not 0 <= data.sae_id < self.sae.width:
+            raise Unmatched(
+                f"sae_id {data.sae_id} of {concept!r} is not a latent of this SAE "
+                f"(width {self.sae.width}): is method.{self.name}.path the SAE the data names?"
+            )
+        return int(data.sae_id)
 
     def token_scores(self, params: dict[str, np.ndarray], acts: np.ndarray) -> np.ndarray:
         """The latent's own activation: ReLU(pre) · 1[pre > threshold], pre = h·w_enc + b_enc."""
