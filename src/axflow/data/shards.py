@@ -33,20 +33,48 @@ def resolve(path: str | None) -> Path | None:
     return REPO_ROOT / p
 
 
-def run_concepts(dataset: dict[str, Any]) -> pl.DataFrame:
-    """The configured concept list ("concepts" table), `dataset.max_concepts` applied."""
+def source_concepts(dataset: dict[str, Any]) -> pl.DataFrame:
+    """Every concept the configured source offers ("concepts" table), before any cap."""
     from axflow.data import sources
 
     if dataset["source"] == "axbench":
         from axflow.data.axbench import find_axbench_files
 
         files = find_axbench_files(resolve(dataset["axbench_dir"]))
-        concepts = sources.load_concepts(files.metadata)
-    else:
-        concepts = sources.load_concepts(resolve(dataset["concepts"]), dataset.get("genre", "text"))
+        return sources.load_concepts(files.metadata)
+    return sources.load_concepts(resolve(dataset["concepts"]), dataset.get("genre", "text"))
+
+
+def run_concepts(dataset: dict[str, Any]) -> pl.DataFrame:
+    """The configured concept list ("concepts" table), `dataset.max_concepts` applied."""
+    concepts = source_concepts(dataset)
     if dataset.get("max_concepts"):
         concepts = concepts.head(dataset["max_concepts"])
     return concepts
+
+
+def scope(
+    offered: int, max_concepts: int | None, shard: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """How much of its source a run covers, for "N of M concepts" lines.
+
+    `offered` is the number of concepts the source holds (`source_concepts(...).height`);
+    `run_concepts` is what `dataset.max_concepts` leaves of them (the first N, in file order);
+    given a shard (an element of `split`), `shard_concepts` is its share of the run.
+    """
+    out: dict[str, Any] = {
+        "source_concepts": offered,
+        "run_concepts": min(offered, max_concepts) if max_concepts else offered,
+        "max_concepts": max_concepts or None,
+    }
+    if shard is not None:
+        out["shard_concepts"] = len(shard["ids"])
+    return out
+
+
+def dataset_scope(dataset: dict[str, Any]) -> dict[str, Any]:
+    """`scope` of a composed `dataset` config: reads the concept list, as planning does."""
+    return scope(source_concepts(dataset).height, dataset.get("max_concepts"))
 
 
 def shard_of(concept: str, n_shards: int) -> int:
