@@ -3,41 +3,19 @@
 Environment: AXFLOW_TEST_MODEL_DIR (a prepared SmolLM2 folder; default: prepared from the
 bundled GGUF once per machine under AXFLOW_TEST_CACHE), AXFLOW_SHARED_DATA
 (the `shared/data` dir), AXFLOW_TEST_CACHE (where extracted activations persist between runs,
-default ~/.cache/axflow/tests; "off" re-extracts every session).
+default ~/.cache/axflow/tests; "off" re-extracts every session). The loading and caching code
+lives in axflow.concept10, which the bench scripts use too.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import polars as pl
 import pytest
 
-from axflow.methods import Example, TokenBatch
-from axflow.store import atomic_dir
-
-SHARED_DATA = Path(
-    os.environ.get("AXFLOW_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared/data"
-)
-CONCEPT10_DIR = "axbench-concept10-2b-l10"
-CONCEPT10_FILES = ("train_data.parquet", "latent_eval_data.parquet", "metadata.jsonl")
-ACT_LAYERS = (10, 20)  # the two AxBench 2B layers, read from one forward pass
-# Tokens kept per templated example (prefix + instruction + response). 128 reproduces the
-# reference DiffMean AUROCs (.905/.939); 192 gives .892/.932. Attention is causal, so the cut never
-# changes the activations that are kept.
-ACT_MAX_LENGTH = 128
-
-
-def persistent_test_cache() -> Path | None:
-    """Where slow, deterministic test inputs persist between runs (None: AXFLOW_TEST_CACHE=off)."""
-    setting = os.environ.get("AXFLOW_TEST_CACHE", str(Path.home() / ".cache/axflow/tests"))
-    return None if setting in ("", "off") else Path(setting)
+from axflow import concept10 as c10
+from axflow.concept10 import CONCEPT10_DIR, SHARED_DATA, Concept10Acts, persistent_test_cache
 
 
 @pytest.fixture(scope="session")
@@ -45,194 +23,25 @@ def smollm_dir(tmp_path_factory) -> Path:
     """A prepared SmolLM2-135M-Instruct folder (fp32 safetensors), made by the rule's own code."""
     if os.environ.get("AXFLOW_TEST_MODEL_DIR"):
         return Path(os.environ["AXFLOW_TEST_MODEL_DIR"])
-    from axflow.config import compose
-    from axflow.lm.models import prepare_model
-
-    base = persistent_test_cache() or tmp_path_factory.mktemp("models")
-    path = base / "models" / "smollm2-135m-instruct"
-    if not (path / "config.json").exists():
-        prepare_model(compose()["model"], path)
-    return path
+    return c10.smollm_dir(persistent_test_cache() or tmp_path_factory.mktemp("models"))
 
 
 @pytest.fixture(scope="session")
 def concept10() -> Path:
     """AxBench's released Concept10 2B-L10 data (train, detection eval, metadata)."""
-    path = SHARED_DATA / CONCEPT10_DIR
-    if not all((path / name).exists() for name in CONCEPT10_FILES):
+    path = c10.concept10_dir()
+    if path is None:
         pytest.skip(
-            f"Concept10 data not found at {path}; set AXFLOW_SHARED_DATA to the shared/data dir"
+            f"Concept10 data not found at {SHARED_DATA / CONCEPT10_DIR}; set AXFLOW_SHARED_DATA "
+            "to the shared/data dir"
         )
     return path
 
 
-@dataclass(repr=False)
-class SplitActs:
-    """Token activations of every row of one parquet file, flattened over tokens."""
-
-    rows: pl.DataFrame  # the file's rows, plus `row` (0..n-1)
-    example: np.ndarray  # [n_tokens] row of each token
-    acts: dict[int, np.ndarray]  # layer -> [n_tokens, d] float32
-
-    def tokens_of(self, rows: np.ndarray) -> np.ndarray:
-        """Indices of the tokens of `rows` (ascending, so grouped by row)."""
-        return np.flatnonzero(np.isin(self.example, rows))
-
-
-@dataclass(repr=False)
-class Concept10Acts:
-    """Concept10 activations at layers 10 and 20 with AxBench's per-concept data protocol."""
-
-    train: SplitActs
-    eval: SplitActs
-    concepts: dict[int, str]  # concept_id -> description
-    genres: dict[int, str]  # concept_id -> genre
-    seconds: float = 0.0  # time the fixture took (extraction or cache load)
-
-    def __repr__(self) -> str:
-        return (
-            f"Concept10Acts({self.train.example.size} train + {self.eval.example.size} eval "
-            f"tokens, layers {sorted(self.train.acts)}, {self.seconds:.1f}s)"
-        )
-
-    def train_batch(self, concept_id: int, layer: int) -> TokenBatch:
-        """The concept's 72 positives plus the 72 shared negatives of its genre."""
-        rows = self.train.rows.filter(
-            (pl.col("concept_id") == concept_id)
-            | ((pl.col("concept_id") == -1) & (pl.col("concept_genre") == self.genres[concept_id]))
-        )
-        positive = (rows["concept_id"] == concept_id).to_numpy()
-        idx = self.train.tokens_of(rows["row"].to_numpy())
-        example = self.train.example[idx]
-        label = positive[np.searchsorted(rows["row"].to_numpy(), example)].astype(np.int8)
-        examples = [
-            Example(r["row"], r["input"], r["output"], int(r["concept_id"] == concept_id))
-            for r in rows.sort("row").iter_rows(named=True)
-        ]
-        return TokenBatch(
-            acts=self.train.acts[layer][idx], example=example, label=label, examples=examples
-        )
-
-    def eval_examples(self, concept_id: int) -> list[Example]:
-        """The concept's detection-eval rows as text (sorted by row, like `eval_tokens`)."""
-        rows = self.eval.rows.filter(pl.col("concept_id") == concept_id).sort("row")
-        return [
-            Example(
-                r["row"], r["input"], r["output"], int(r["category"] == "positive"), r["category"]
-            )
-            for r in rows.iter_rows(named=True)
-        ]
-
-    def eval_tokens(
-        self, concept_id: int, layer: int
-    ) -> tuple[np.ndarray, np.ndarray, pl.DataFrame]:
-        """(token acts, token row ids, the concept's eval rows sorted by row) for detection."""
-        rows = self.eval.rows.filter(pl.col("concept_id") == concept_id).sort("row")
-        idx = self.eval.tokens_of(rows["row"].to_numpy())
-        return self.eval.acts[layer][idx], self.eval.example[idx], rows
-
-    def held_out_aurocs(self, method, layer: int, seed: int = 42) -> dict[int, float]:
-        """Per concept: fit on its train batch, ROC AUC of max-pooled scores on its eval rows
-        (hard negatives left out), the benchmark's detection protocol."""
-        from axflow.metrics.detection import max_pool, roc_auc
-
-        aurocs = {}
-        for concept_id, concept in sorted(self.concepts.items()):
-            params = method.fit(self.train_batch(concept_id, layer), concept=concept, seed=seed)
-            token_acts, example, rows = self.eval_tokens(concept_id, layer)
-            maxima, _ = max_pool(method.token_scores(params, token_acts), example)
-            assert len(maxima) == rows.height
-            category = rows["category"].to_numpy()
-            scored = category != "hard negative"
-            labels = (category[scored] == "positive").astype(int)
-            aurocs[concept_id] = roc_auc(labels, maxima[scored])
-        return aurocs
-
-
-def _cache_key(model_dir: Path, data_dir: Path) -> str:
-    """Changes whenever the model, the data or the extraction settings change."""
-    digest = hashlib.sha256(f"v1 {ACT_LAYERS} {ACT_MAX_LENGTH}".encode())
-    for name in sorted(CONCEPT10_FILES):
-        digest.update((data_dir / name).read_bytes())
-    from axflow.lm.models import weights_dir
-
-    # Content, not location: every preparation of the same GGUF writes the same files.
-    weights = weights_dir(model_dir)
-    for name in ("config.json", "tokenizer.json"):
-        digest.update((weights / name).read_bytes())
-    for path in sorted(weights.glob("*.safetensors")):
-        digest.update(f"{path.name} {path.stat().st_size}".encode())
-    return digest.hexdigest()[:16]
-
-
-def _extract(model_dir: Path, rows: dict[str, pl.DataFrame]) -> dict[str, np.ndarray]:
-    """Flat arrays per split: `<split>_example` [n_tokens] and `<split>_L<layer>` [n_tokens, d]."""
-    from axflow.lm.extract import extract_residuals
-    from axflow.lm.models import load_model
-
-    lm = load_model(model_dir, dtype="float32")
-    arrays: dict[str, np.ndarray] = {}
-    for split, df in rows.items():
-        examples = list(zip(df["input"].to_list(), df["output"].to_list(), strict=True))
-        chunks: dict[int, list[np.ndarray]] = {layer: [] for layer in ACT_LAYERS}
-        example: list[np.ndarray] = []
-        for ex in extract_residuals(
-            lm, examples, layers=list(ACT_LAYERS), max_length=ACT_MAX_LENGTH
-        ):
-            example.append(np.full(len(ex.positions), ex.index, dtype=np.int64))
-            for layer in ACT_LAYERS:
-                chunks[layer].append(ex.by_layer[layer])
-        arrays[f"{split}_example"] = np.concatenate(example)
-        for layer in ACT_LAYERS:
-            arrays[f"{split}_L{layer}"] = np.concatenate(chunks[layer])
-    return arrays
-
-
-def _cached_arrays(model_dir: Path, data_dir: Path, rows: dict[str, pl.DataFrame]) -> dict:
-    """Extract once per machine: arrays are kept under AXFLOW_TEST_CACHE (""/"off" disables)."""
-    setting = os.environ.get("AXFLOW_TEST_CACHE", str(Path.home() / ".cache/axflow/tests"))
-    if setting.lower() in ("", "off", "0", "none"):
-        return _extract(model_dir, rows)
-    folder = Path(setting) / f"concept10-acts-{_cache_key(model_dir, data_dir)}"
-    if not (folder / "done").exists():
-        arrays = _extract(model_dir, rows)
-        with atomic_dir(folder) as tmp:
-            for name, array in arrays.items():
-                np.save(tmp / f"{name}.npy", array)
-            (tmp / "done").write_text("")
-        return arrays
-    return {path.stem: np.load(path) for path in folder.glob("*.npy")}
-
-
 @pytest.fixture(scope="session")
 def concept10_acts(smollm_dir: Path, concept10: Path) -> Concept10Acts:
-    """Layer-10 and layer-20 activations of all Concept10 train and eval rows.
-
-    One forward pass per example serves both layers; examples are cut at ACT_MAX_LENGTH tokens.
-    The arrays are cached on disk (see `_cached_arrays`), so only the first run pays for them.
-    """
-    start = time.perf_counter()
-    meta = [json.loads(line) for line in (concept10 / "metadata.jsonl").read_text().splitlines()]
-    rows = {
-        "train": pl.read_parquet(concept10 / "train_data.parquet"),
-        "eval": pl.read_parquet(concept10 / "latent_eval_data.parquet"),
-    }
-    arrays = _cached_arrays(smollm_dir, concept10, rows)
-    splits = {
-        split: SplitActs(
-            rows=df.with_row_index("row").with_columns(pl.col("row").cast(pl.Int64)),
-            example=arrays[f"{split}_example"],
-            acts={layer: arrays[f"{split}_L{layer}"] for layer in ACT_LAYERS},
-        )
-        for split, df in rows.items()
-    }
-    return Concept10Acts(
-        train=splits["train"],
-        eval=splits["eval"],
-        concepts={m["concept_id"]: m["concept"] for m in meta},
-        genres={m["concept_id"]: m["concept_genres_map"][m["concept"]][0] for m in meta},
-        seconds=time.perf_counter() - start,
-    )
+    """Layer-10 and layer-20 activations of all Concept10 train and eval rows (cached on disk)."""
+    return c10.concept10_acts(smollm_dir, concept10)
 
 
 @pytest.fixture(scope="module")
