@@ -4,8 +4,10 @@
 import json
 import re
 
-from axflow.config import make_sweep, overrides_from_snakemake, stage_key
+from axflow.codeversion import code_digest
+from axflow.config import detect_slice, make_sweep, overrides_from_snakemake, stage_key
 from axflow.methods import method_class
+from axflow.stages import stage_module
 
 # A plain override list is a one-cell sweep; a Hydra sweep (`model.layer=6,12`) has one cell per
 # point, and equal stage slices across cells are one job (content-addressed keys).
@@ -51,8 +53,8 @@ def train_path(method, tkey):
     return f"{RES}/train/{method}/{tkey}/params.safetensors"
 
 
-def detect_path(method, tkey, name):
-    return f"{RES}/detect/{method}/{tkey}/{name}.parquet"
+def detect_path(method, dkey, name):
+    return f"{RES}/detect/{method}/{dkey}/{name}.parquet"
 
 
 def steer_path(method, skey):
@@ -70,19 +72,23 @@ def report_outputs():
     return [f"{folder}/{name}" for name in ("report.md", "leaderboard.csv")]
 
 
-def stage_spec(stage, slice_stage=None, extra=None):
+def stage_spec(stage, extra=None):
     """A params function giving the JSON job spec of `stage`: its slice, the names of its inputs
     and outputs, and the call cache. Paths and threads travel on the command line (STAGE_CMD)
     instead, so the spec, and with it Snakemake's between-workflow cache hash, does not depend
-    on `results_dir` or the machine.
+    on `results_dir` or the machine. A keyed stage's slice carries its code digest; a stage
+    without a key (the reports) carries it in the spec, so Snakemake's `params` rerun trigger
+    reruns it when its code changes.
     """
 
     def spec(wildcards, input, output):
         key = wildcards.get("key")
+        code = {} if key else {"code": code_digest([stage_module(stage)])}
         return json.dumps(
             {
+                **code,
                 "stage": stage,
-                "slice": slice_of(slice_stage or stage, key) if key else None,
+                "slice": slice_of(stage, key) if key else None,
                 "extra": extra(wildcards) if callable(extra) else extra,
                 "input_names": list(input.keys()),
                 "output_names": list(output.keys()),
@@ -123,10 +129,11 @@ def train_inputs(wildcards):
 
 
 def detect_inputs(wildcards):
-    acts = slice_of("train", wildcards.key)["acts"]
+    tkey = upstream_key("detect", wildcards.key, "train")
+    acts = slice_of("train", tkey)["acts"]
     dkey = stage_key(acts["data"])
     return {
-        "params": train_path(wildcards.method, wildcards.key),
+        "params": train_path(wildcards.method, tkey),
         "acts": acts_path(stage_key(acts), "detect_eval"),
         "examples": data_path(dkey, "detect_eval"),
         "concepts": data_path(dkey, "concepts"),
@@ -144,10 +151,12 @@ def steer_inputs(wildcards):
         "prompts": data_path(dkey, "steer_prompts"),
         "params": train_path(wildcards.method, tkey),
     }
-    method = method_class(slice_of("train", tkey)["method"]["kind"])
+    train = slice_of("train", tkey)
+    method = method_class(train["method"]["kind"])
     if method.detects and method.steering == "add":
         # Strength = factor x the concept's max detection activation (explicit dependency).
-        inputs["detect_metrics"] = detect_path(wildcards.method, tkey, "metrics")
+        dkey = stage_key(detect_slice(train))
+        inputs["detect_metrics"] = detect_path(wildcards.method, dkey, "metrics")
     return inputs
 
 
@@ -170,9 +179,9 @@ def report_inputs(wildcards):
     for m in plan.methods:
         for s, tkey in enumerate(m.train_keys):
             inputs[f"params__{m.name}__{s}"] = train_path(m.name, tkey)
-            if m.detects:
-                for what in ("metrics", "pool", "scores"):
-                    inputs[f"{what}__{m.name}__{s}"] = detect_path(m.name, tkey, what)
+        for s, dkey in enumerate(m.detect_keys):
+            for what in ("metrics", "pool", "scores"):
+                inputs[f"{what}__{m.name}__{s}"] = detect_path(m.name, dkey, what)
         for s, jkey in enumerate(m.judge_keys):
             inputs[f"ratings__{m.name}__{s}"] = judge_path(m.name, jkey)
     return inputs

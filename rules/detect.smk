@@ -5,12 +5,13 @@ rule detect:
         scores=f"{RES}/detect/{{method}}/{{key}}/scores.parquet",
         metrics=f"{RES}/detect/{{method}}/{{key}}/metrics.parquet",
         pool=f"{RES}/detect/{{method}}/{{key}}/pool.parquet",
+        config=f"{RES}/detect/{{method}}/{{key}}/config.json",
     log:
         f"{RES}/logs/detect/{{method}}_{{key}}.log",
     conda:
         "../workflow/envs/axflow.yaml"
     threads: workflow.cores
     params:
-        spec=stage_spec("detect", slice_stage="train"),
+        spec=stage_spec("detect"),
     shell:
         STAGE_CMD

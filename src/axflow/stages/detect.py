@@ -31,7 +31,7 @@ def detect_stage(spec: dict[str, Any]) -> None:
     from axflow.metrics.detection import hard_negative_accuracy, roc_auc, youden_threshold
     from axflow.metrics.uncertainty import delong_auroc
 
-    s = spec["slice"]
+    s = spec["slice"]["train"]  # detect's own slice: the train slice and the detect code
     method = build_method(s["method"], runtime(spec, s))
     tensors, _ = store.read_tensors(spec["input"]["params"])
     meta, X = store.read_activations(spec["input"]["acts"])
@@ -121,3 +121,4 @@ def detect_stage(spec: dict[str, Any]) -> None:
         "pool_scores",
     )
     store.write_table(pl.DataFrame(metric_rows), out["metrics"], "detect_metrics")
+    store.write_json(spec["slice"], out["config"])
