@@ -76,17 +76,13 @@ def stage_spec(stage, extra=None):
     """A params function giving the JSON job spec of `stage`: its slice, the names of its inputs
     and outputs, and the call cache. Paths and threads travel on the command line (STAGE_CMD)
     instead, so the spec, and with it Snakemake's between-workflow cache hash, does not depend
-    on `results_dir` or the machine. A keyed stage's slice carries its code digest; a stage
-    without a key (the reports) carries it in the spec, so Snakemake's `params` rerun trigger
-    reruns it when its code changes.
+    on `results_dir` or the machine. A keyed stage's slice carries its code digest (`code`).
     """
 
     def spec(wildcards, input, output):
         key = wildcards.get("key")
-        code = {} if key else {"code": code_digest([stage_module(stage)])}
         return json.dumps(
             {
-                **code,
                 "stage": stage,
                 "slice": slice_of(stage, key) if key else None,
                 "extra": extra(wildcards) if callable(extra) else extra,
@@ -98,6 +94,14 @@ def stage_spec(stage, extra=None):
         )
 
     return spec
+
+
+def code_param(stage):
+    """The code digest of a stage without a key in its output path (the reports), as a rule
+    param: Snakemake's default `params` rerun trigger then reruns the stage when its code
+    changes. (The spec cannot carry it: a param computed from input or output names is
+    "derived", and Snakemake leaves derived params out of that trigger.)"""
+    return code_digest([stage_module(stage)])
 
 
 # Input functions, one per rule, mapping a stage key to its upstream artefacts.

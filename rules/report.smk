@@ -12,6 +12,7 @@ rule report:
     threads: 1
     params:
         spec=stage_spec("report", extra=report_extra),
+        code=code_param("report"),
     shell:
         STAGE_CMD
 
@@ -31,5 +32,6 @@ if SWEEP.is_grid:
         threads: 1
         params:
             spec=stage_spec("sweep_report", extra=sweep_extra()),
+            code=code_param("sweep_report"),
         shell:
             STAGE_CMD

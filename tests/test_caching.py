@@ -8,12 +8,13 @@ that Snakemake's decisions there match.
 
 from __future__ import annotations
 
-import os
-import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
+from axflow import codeversion
 from axflow.config import REPO_ROOT, compose, make_plan
 from dag import materialize, planned_jobs
 
@@ -37,16 +38,152 @@ def test_unchanged_config_reruns_nothing(base):
     assert planned_jobs(base) == {}
 
 
-def test_execution_only_keys_and_code_edits_rerun_nothing(base):
+def test_execution_only_keys_rerun_nothing(base):
     knobs = ["steering.batch_size=5", "extraction.batch_tokens=1024", "judge.batch_size=3"]
     assert planned_jobs([*base, *knobs]) == {}
-    module = REPO_ROOT / "src/axflow/methods/diffmean.py"  # as if its docstring were edited
-    stat = module.stat()
-    os.utime(module, (time.time(), time.time()))
+
+
+@contextmanager
+def edited(path: Path, *replacements: tuple[str, str]) -> Iterator[None]:
+    """`path` with each `old` replaced by `new` (each must occur once), restored byte for byte."""
+    original = path.read_bytes()
+    text = original.decode()
+    for old, new in replacements:
+        assert text.count(old) == 1, old
+        text = text.replace(old, new)
     try:
-        assert planned_jobs(base) == {}
+        path.write_bytes(text.encode())
+        yield
     finally:
-        os.utime(module, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+        path.write_bytes(original)
+        assert path.read_bytes() == original
+
+
+DIFFMEAN = REPO_ROOT / "src/axflow/methods/diffmean.py"
+
+
+def test_docstring_and_comment_edits_rerun_nothing(base):
+    with edited(
+        DIFFMEAN,
+        ('"""DiffMean has no hyper-parameters."""', '"""DiffMean: no hyper-parameters at all."""'),
+        ("        positive = data.label == 1\n", "        positive = data.label == 1  # tokens\n"),
+        ("(AxBench's batch size", "(AxBench's batch size and\nits"),  # module docstring
+    ):
+        assert planned_jobs(base) == {}
+
+
+def test_code_edit_reruns_what_the_code_computes(base):
+    # A real change to DiffMean's fit: its train, detect, steer and judge jobs in every shard
+    # rerun (their keys carry the method module's digest), and the report; nothing upstream and
+    # no other method.
+    with edited(DIFFMEAN, ("np.linalg.norm(diff)), 1e-12)", "np.linalg.norm(diff)), 1e-11)")):
+        jobs = planned_jobs(base)
+    assert jobs == {"train": 3, "detect": 3, "steer": 3, "judge": 3, "report": 1, "all": 1}
+
+
+def test_detect_code_edit_reruns_detect_and_what_reads_it(base):
+    # Detection code: every detect job, steer and judge of the additive method (its strength is
+    # the max detection activation), the report; no training.
+    detect = REPO_ROOT / "src/axflow/stages/detect.py"
+    with edited(detect, ('"max_act": float(maxes.max())', '"max_act": 1.0 * float(maxes.max())')):
+        jobs = planned_jobs(base)
+    assert jobs == {"detect": 9, "steer": 3, "judge": 3, "report": 1, "all": 1}
+
+
+def test_report_code_edit_reruns_only_the_report(base):
+    # The report has no key in its path: its code digest is in its params, which Snakemake's
+    # default `params` rerun trigger compares with the recorded run.
+    report = REPO_ROOT / "src/axflow/stages/report.py"
+    with edited(report, ('spec["extra"]["config"]', 'dict(spec["extra"]["config"])')):
+        assert planned_jobs(base) == {"report": 1, "all": 1}
+
+
+def _package(root: Path, modules: dict[str, str]) -> None:
+    for name, text in modules.items():
+        path = root.joinpath(*name.split(".")).with_suffix(".py")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+
+
+@pytest.fixture
+def fake_package(tmp_path, monkeypatch):
+    """An `axflow` package in tmp_path that code_digest reads instead of the real one."""
+    monkeypatch.setattr(codeversion, "PACKAGE_DIR", tmp_path / "axflow")
+    codeversion.clear_cache()
+    yield tmp_path
+    codeversion.clear_cache()
+
+
+A = '''"""Module docstring."""
+
+import numpy as np
+
+
+class Scaler:
+    """Class docstring."""
+
+    def scale(self, x):
+        """Function docstring."""
+        from .b import factor  # lazy, relative
+
+        return np.asarray(x) * factor()
+'''
+
+
+def test_code_digest_ignores_docstrings_comments_and_formatting(fake_package):
+    _package(
+        fake_package,
+        {"axflow.__init__": "", "axflow.a": A, "axflow.b": "def factor():\n    return 2\n"},
+    )
+    before = codeversion.code_digest(["axflow.a"])
+    reworded = (
+        A.replace("Module docstring.", "Another module docstring, longer.")
+        .replace('    """Class docstring."""\n', "")
+        .replace("Function docstring.", "What it does.")
+        .replace("# lazy, relative", "")
+        .replace(
+            "return np.asarray(x) * factor()",
+            "return (\n            np.asarray(x)\n            * factor()\n        )  # wrapped",
+        )
+    )
+    _package(fake_package, {"axflow.a": "# a comment\n" + reworded})
+    codeversion.clear_cache()
+    assert codeversion.code_digest(["axflow.a"]) == before
+
+
+def test_code_digest_changes_with_code_and_follows_lazy_imports(fake_package):
+    b = 'import importlib\n\n\ndef factor():\n    return importlib.import_module("axflow.c").K\n'
+    modules = {
+        "axflow.__init__": "",
+        "axflow.a": A,
+        "axflow.b": b,
+        "axflow.c": "K = 2\n",
+        "axflow.d": "K = 3\n",
+    }
+    _package(fake_package, modules)
+    assert codeversion.closure(["axflow.a"]) == ["axflow", "axflow.a", "axflow.b", "axflow.c"]
+    digests = {codeversion.code_digest(["axflow.a"])}
+    for name, text in [
+        ("axflow.a", A.replace("* factor()", "+ factor()")),  # the module itself
+        ("axflow.b", b.replace("return", "return 1 +")),  # imported inside a function
+        ("axflow.c", "K = 4\n"),  # named by a string (importlib), two imports away
+    ]:
+        _package(fake_package, {name: text})
+        codeversion.clear_cache()
+        digests.add(codeversion.code_digest(["axflow.a"]))
+    assert len(digests) == 4
+    _package(fake_package, {"axflow.d": "K = 5\n"})  # not imported: no change
+    codeversion.clear_cache()
+    assert codeversion.code_digest(["axflow.a"]) in digests
+
+
+def test_stage_closures_of_the_real_package():
+    judge = codeversion.closure(["axflow.stages.judge"])
+    assert {"axflow.judge.embedded", "axflow.judge.openai_judge"} <= set(judge)  # by name
+    train = codeversion.closure(["axflow.stages.train", "axflow.methods.diffmean"])
+    assert "axflow.methods.probe" not in train and "axflow.stages.detect" not in train
+    report = codeversion.closure(["axflow.stages.report"])
+    assert "axflow.report" in report and not any(m.startswith("axflow.methods") for m in report)
 
 
 def test_new_concept_computes_only_its_shard(base):
