@@ -62,9 +62,14 @@ def compose(overrides: list[str] | None = None) -> dict[str, Any]:
 
     if not OmegaConf.has_resolver("builtin_only"):
         OmegaConf.register_new_resolver("builtin_only", _builtin_only)
+    from yaml import YAMLError
+
     GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
-        cfg = hydra_compose(config_name="config", overrides=list(overrides or []))
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+            cfg = hydra_compose(config_name="config", overrides=list(overrides or []))
+    except YAMLError as err:  # e.g. a key set twice in a preset: name the file and line
+        raise ConfigError(f"a config file is not valid YAML: {err}") from err
     resolved = OmegaConf.to_container(cfg, resolve=True)
     apply_protocol(resolved)
     validate(resolved)
