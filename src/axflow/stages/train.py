@@ -85,9 +85,9 @@ def train_stage(spec: dict[str, Any]) -> None:
         neg = ((meta["concept_id"] == -1) & (meta["concept_genre"] == c["genre"])).to_numpy()
         t0 = time.time()
         try:
-            params = method.fit(
-                batch(np.flatnonzero(pos | neg), pos), concept=c["concept"], seed=s["seed"]
-            )
+            data = batch(np.flatnonzero(pos | neg), pos)
+            data.sae_id = c.get("sae_id")  # the concept's own SAE feature, if its data names one
+            params = method.fit(data, concept=c["concept"], seed=s["seed"])
         except Unmatched as err:
             unmatched[cid] = str(err)
             log.warning("concept %s (%s): unmatched: %s", cid, c["concept"], err)
