@@ -6,6 +6,7 @@ import re
 
 from axflow.codeversion import code_digest
 from axflow.config import detect_slice, make_sweep, overrides_from_snakemake, stage_key
+from axflow.data.shards import dataset_scope
 from axflow.methods import method_class
 from axflow.stages import stage_module
 
@@ -205,7 +206,11 @@ def report_extra(wildcards):
         }
         for m in plan.methods
     ]
-    return {"methods": methods, "config": plan.cfg}
+    return {
+        "methods": methods,
+        "config": plan.cfg,
+        "scope": dataset_scope(plan.cfg["dataset"]),  # "N of M concepts" in the header
+    }
 
 
 def sweep_inputs(wildcards):

@@ -170,8 +170,10 @@ def test_every_mean_has_a_bootstrap_interval_and_a_paired_difference(board_input
 
 def test_report_states_intervals_imputation_and_subsets(board_inputs, tmp_path):
     out = {k: str(tmp_path / f"out.{k}") for k in ("report", "leaderboard", "config")}
-    write_report(METHODS, CFG, board_inputs, out)
+    scope = {"source_concepts": 12, "run_concepts": 4, "max_concepts": 4}
+    write_report(METHODS, CFG, board_inputs, out, scope)
     text = (tmp_path / "out.report").read_text()
+    assert "**4 of 12**" in text and "`dataset.max_concepts=4`" in text
     assert "0.875 [" in text  # the SAE's AUROC with its interval
     assert "Limited by `method.sft.max_concepts=2`" in text
     assert "3: no latent fires" in text

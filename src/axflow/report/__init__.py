@@ -110,19 +110,17 @@ def leaderboard_markdown(board: pl.DataFrame, baseline: str | None) -> str:
     return "\n".join([head, sep, *body])
 
 
-def scope_line(inputs: dict[str, str], concepts: pl.DataFrame) -> str:
-    """ "N of M concepts" when a cap or a shard leaves concepts of the source out."""
-    stats = [store.read_json(p) for k, p in sorted(inputs.items()) if k.startswith("data_stats__")]
-    scope = next((s["scope"] for s in stats if "scope" in s), None)
+def scope_line(scope: dict[str, Any] | None, concepts: pl.DataFrame) -> str:
+    """"N of M concepts" when a cap leaves concepts of the source out (`shards.scope`)."""
     n = concepts.height
-    if scope is None or scope.get("source_concepts") in (None, n):
+    if not scope or scope.get("source_concepts") in (None, n):
         return f"- concepts: all {n} of the dataset"
     why = (
         f" (`dataset.max_concepts={scope['max_concepts']}`)"
         if scope.get("max_concepts") is not None
         else ""
     )
-    return f"- concepts: **{n} of {scope['source_concepts']}**{why}; the rest were left out"
+    return f"- concepts: **{n} of {scope['source_concepts']}**{why}; the others were left out"
 
 
 def _method_section(result: MethodResult, baseline: str | None) -> list[str]:
@@ -162,8 +160,14 @@ def _method_section(result: MethodResult, baseline: str | None) -> list[str]:
 
 
 def write_report(
-    methods: list[dict], cfg: dict, inputs: dict[str, str], outputs: dict[str, str]
+    methods: list[dict],
+    cfg: dict,
+    inputs: dict[str, str],
+    outputs: dict[str, str],
+    scope: dict[str, Any] | None = None,
 ) -> None:
+    """report.md, leaderboard.csv and the resolved config of one experiment; `scope` is the
+    dataset's `shards.scope` (how many concepts the source offers and the run keeps)."""
     board, results, concepts = build_leaderboard(methods, inputs, cfg)
     with store.atomic_path(outputs["leaderboard"], ".csv") as tmp:
         board.write_csv(tmp, float_precision=4)
@@ -176,7 +180,7 @@ def write_report(
         "",
         f"- model: `{model['name']}` layer {model['layer']} ({model['dtype']})",
         f"- dataset: `{ds['name']}` ({ds['source']})",
-        scope_line(inputs, concepts),
+        scope_line(scope, concepts),
         f"- judge: `{judge['name']}`; steering factors {st['factors']}, "
         f"{st['max_new_tokens']} new tokens, temperature {st['temperature']}",
         f"- resolved config: `{Path(outputs['config']).name}` beside this file",

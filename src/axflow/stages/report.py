@@ -8,7 +8,10 @@ from typing import Any
 def report_stage(spec: dict[str, Any]) -> None:
     from axflow.report import write_report
 
-    write_report(spec["extra"]["methods"], spec["extra"]["config"], spec["input"], spec["output"])
+    extra = spec["extra"]
+    write_report(
+        extra["methods"], extra["config"], spec["input"], spec["output"], extra.get("scope")
+    )
 
 
 def sweep_report_stage(spec: dict[str, Any]) -> None:
