@@ -24,7 +24,6 @@ from pathlib import Path
 
 PACKAGE = "axflow"
 PACKAGE_DIR = Path(__file__).resolve().parent
-_DOTTED = re.compile(rf"{PACKAGE}(\.[A-Za-z_][A-Za-z0-9_]*)+")
 
 
 def module_file(name: str) -> Path | None:
@@ -45,22 +44,36 @@ def _parents(name: str) -> list[str]:
     return [".".join(parts[:i]) for i in range(1, len(parts))]
 
 
-def _strip_docstrings(tree: ast.AST) -> ast.AST:
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
-            body = node.body
-            if (
-                body
-                and isinstance(body[0], ast.Expr)
-                and isinstance(body[0].value, ast.Constant)
-                and isinstance(body[0].value.value, str)
-            ):
-                node.body = body[1:] or [ast.Pass()]
-    return tree
+_STRING_IMPORT = re.compile(rf"""["']({PACKAGE}(?:\.[A-Za-z_][A-Za-z0-9_]*)+)["']""")
 
 
-def _imported(name: str, path: Path, tree: ast.AST) -> set[str]:
-    """The axflow modules that module `name` (at `path`) imports anywhere in its body."""
+def _statements(body: list[ast.stmt]):
+    """Every statement in `body` and in the blocks nested in it (functions, classes, if, try,
+    with, loops, match), in order. Imports and docstrings are statements, so expressions need no
+    visit: far fewer nodes than `ast.walk`."""
+    for node in body:
+        yield node
+        for value in ast.iter_fields(node):
+            items = value[1]
+            if isinstance(items, list) and items and isinstance(items[0], ast.AST):
+                for item in items:
+                    if isinstance(item, ast.stmt):
+                        yield from _statements([item])
+                    elif isinstance(item, ast.excepthandler | ast.match_case):
+                        yield from _statements(item.body)
+
+
+def _is_docstring(node: ast.stmt) -> bool:
+    return (
+        isinstance(node, ast.Expr)
+        and isinstance(node.value, ast.Constant)
+        and isinstance(node.value.value, str)
+    )
+
+
+def _normalise(tree: ast.Module, name: str, path: Path, text: str) -> set[str]:
+    """Remove module, class and function docstrings from `tree` (in place) and return the
+    axflow modules that module `name` (at `path`, source `text`) imports anywhere in its body."""
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found: set[str] = set()
 
@@ -73,8 +86,11 @@ def _imported(name: str, path: Path, tree: ast.AST) -> set[str]:
                 return
             candidate = candidate.rpartition(".")[0]
 
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
+    scopes = [tree]
+    for node in _statements(tree.body):
+        if isinstance(node, ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+            scopes.append(node)
+        elif isinstance(node, ast.Import):
             for alias in node.names:
                 add(alias.name)
         elif isinstance(node, ast.ImportFrom):
@@ -87,12 +103,11 @@ def _imported(name: str, path: Path, tree: ast.AST) -> set[str]:
             add(base)
             for alias in node.names:
                 add(f"{base}.{alias.name}")
-        elif (
-            isinstance(node, ast.Constant)
-            and isinstance(node.value, str)
-            and _DOTTED.fullmatch(node.value)
-        ):
-            add(node.value)
+    for scope in scopes:
+        if scope.body and _is_docstring(scope.body[0]):
+            scope.body = scope.body[1:] or [ast.Pass()]
+    for literal in _STRING_IMPORT.findall(text):  # importlib.import_module("axflow.x.y")
+        add(literal)
     found.discard(name)
     return found
 
@@ -103,10 +118,11 @@ def _module(name: str) -> tuple[str, frozenset[str]]:
     path = module_file(name)
     if path is None:
         raise ModuleNotFoundError(f"no source file for module {name!r} under {PACKAGE_DIR}")
-    tree = ast.parse(path.read_bytes(), filename=str(path))
-    deps = _imported(name, path, tree)
+    text = path.read_text()
+    tree = ast.parse(text, filename=str(path))
+    deps = _normalise(tree, name, path, text)
     deps.update(p for p in _parents(name) if module_file(p) is not None)
-    dump = ast.dump(_strip_docstrings(tree), annotate_fields=True, include_attributes=False)
+    dump = ast.dump(tree, annotate_fields=True, include_attributes=False)
     return hashlib.sha256(dump.encode()).hexdigest(), frozenset(deps)
 
 
