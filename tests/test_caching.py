@@ -182,6 +182,8 @@ def test_stage_closures_of_the_real_package():
     assert {"axflow.judge.embedded", "axflow.judge.openai_judge"} <= set(judge)  # by name
     train = codeversion.closure(["axflow.stages.train", "axflow.methods.diffmean"])
     assert "axflow.methods.probe" not in train and "axflow.stages.detect" not in train
+    data = codeversion.closure(["axflow.stages.data"])  # data.shards imports config.REPO_ROOT
+    assert "axflow.data.shards" in data and not codeversion.PLANNING & set(data)
     report = codeversion.closure(["axflow.stages.report"])
     assert "axflow.report" in report and not any(m.startswith("axflow.methods") for m in report)
 

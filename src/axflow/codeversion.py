@@ -7,7 +7,8 @@ in a module (this codebase imports lazily inside functions), relative ones inclu
 literal naming an axflow module (`importlib.import_module("axflow.judge.embedded")`) counts as
 an import of it. The tree is `ast.dump` with module, class and function docstrings removed, so
 comments, docstrings and formatting leave the digest unchanged while any change to what the code
-does (an expression, a constant, a default) changes it. Third-party packages are not covered.
+does (an expression, a constant, a default) changes it. Not followed: third-party packages, and
+the planning modules (`PLANNING`: config, this one), whose effect on an artefact is its slice.
 
 Pure file reading: nothing is imported. Each module is parsed once per process and each closure
 digest is computed once, so planning thousands of jobs costs one parse per module.
@@ -44,6 +45,9 @@ def _parents(name: str) -> list[str]:
     return [".".join(parts[:i]) for i in range(1, len(parts))]
 
 
+# Planning code: it computes the slices, which enter the keys themselves, and never an artefact
+# (a stage importing `REPO_ROOT` from it would otherwise put every edit of it in every key).
+PLANNING = frozenset({f"{PACKAGE}.config", f"{PACKAGE}.codeversion"})
 _STRING_IMPORT = re.compile(rf"""["']({PACKAGE}(?:\.[A-Za-z_][A-Za-z0-9_]*)+)["']""")
 
 
@@ -106,10 +110,14 @@ def _normalise(tree: ast.Module, name: str, path: Path, text: str) -> set[str]:
     for scope in scopes:
         if scope.body and _is_docstring(scope.body[0]):
             scope.body = scope.body[1:] or [ast.Pass()]
-    for literal in _STRING_IMPORT.findall(text):  # importlib.import_module("axflow.x.y")
-        add(literal)
+    if _STRING_IMPORT.search(text):  # importlib.import_module("axflow.x.y"); rare, so walk then
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                match = _STRING_IMPORT.fullmatch(f'"{node.value}"')
+                if match:
+                    add(match.group(1))
     found.discard(name)
-    return found
+    return found - PLANNING
 
 
 @functools.cache
