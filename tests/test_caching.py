@@ -44,13 +44,15 @@ def test_execution_only_keys_rerun_nothing(base):
 
 
 @contextmanager
-def edited(path: Path, *replacements: tuple[str, str]) -> Iterator[None]:
-    """`path` with each `old` replaced by `new` (each must occur once), restored byte for byte."""
+def edited(path: Path, *replacements: tuple[str, str], append: str = "") -> Iterator[None]:
+    """`path` with each `old` replaced by `new` (each must occur once) and `append` appended,
+    restored byte for byte."""
     original = path.read_bytes()
     text = original.decode()
     for old, new in replacements:
         assert text.count(old) == 1, old
         text = text.replace(old, new)
+    text += append
     try:
         path.write_bytes(text.encode())
         yield
@@ -94,7 +96,7 @@ def test_report_code_edit_reruns_only_the_report(base):
     # The report has no key in its path: its code digest is in its params, which Snakemake's
     # default `params` rerun trigger compares with the recorded run.
     report = REPO_ROOT / "src/axflow/stages/report.py"
-    with edited(report, ('spec["extra"]["config"]', 'dict(spec["extra"]["config"])')):
+    with edited(report, append="\nREPORT_EDITED = True\n"):
         assert planned_jobs(base) == {"report": 1, "all": 1}
 
 
