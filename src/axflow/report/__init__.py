@@ -209,8 +209,12 @@ def write_report(
     ]
     failures = int(board["judge_failures"].fill_null(0).sum())
     unrated = int(board["unrated"].fill_null(0).sum())
+    if cfg["judge"].get("unparseable") == "zero":
+        rule = "an unparseable reply scored 0, AxBench's rule (`judge.unparseable=zero`)"
+    else:
+        rule = "re-asked, then counted here and never scored 0"
     lines.append(
-        f"- Judge failures (sub-ratings that could not be obtained, never scored 0 silently): "
+        f"- Judge failures (sub-ratings that could not be obtained; {rule}): "
         f"{failures}; generations without an overall score: {unrated}."
     )
     lines += data_section(inputs)
