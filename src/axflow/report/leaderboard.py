@@ -265,7 +265,9 @@ def build_leaderboard(
         for k in ("generations", "judge_failures", "unrated"):
             row[k] = r.ratings.get(k)
         rows.append(row)
-    board = pl.DataFrame(rows, infer_schema_length=None).sort(
+    board = pl.DataFrame(rows, infer_schema_length=None)
+    first = ["method", "kind", "scope", "n_concepts", "coverage"]
+    board = board.select(*first, pl.exclude(first)).sort(
         ["steering_score", "detection_auroc"], descending=True, nulls_last=True
     )
     return board, results, concepts
