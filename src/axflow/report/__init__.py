@@ -111,7 +111,7 @@ def leaderboard_markdown(board: pl.DataFrame, baseline: str | None) -> str:
 
 
 def scope_line(scope: dict[str, Any] | None, concepts: pl.DataFrame) -> str:
-    """"N of M concepts" when a cap leaves concepts of the source out (`shards.scope`)."""
+    """ "N of M concepts" when a cap leaves concepts of the source out (`shards.scope`)."""
     n = concepts.height
     if not scope or scope.get("source_concepts") in (None, n):
         return f"- concepts: all {n} of the dataset"
@@ -246,7 +246,18 @@ def write_sweep_report(cells: list[dict], inputs: dict[str, str], outputs: dict[
     )
     with store.atomic_path(outputs["leaderboard"], ".csv") as tmp:
         merged.write_csv(tmp, float_precision=4)
-    shown = [*keys, "method", "detection_auroc", "imbalanced_f1", "steering_score", "winrate"]
+    shown = pl.DataFrame(
+        [
+            {
+                **{k: r[k] for k in (*keys, "method")},
+                **{c: _cell(r, c) for c in ("detection_auroc", "steering_score", "winrate")},
+            }
+            for r in merged.iter_rows(named=True)
+        ],
+        schema={
+            k: pl.String for k in (*keys, "method", "detection_auroc", "steering_score", "winrate")
+        },
+    )
     lines = [
         f"# axflow sweep report: {Path(outputs['report']).parent.name}",
         "",
@@ -257,7 +268,9 @@ def write_sweep_report(cells: list[dict], inputs: dict[str, str], outputs: dict[
         "",
         "## Leaderboard",
         "",
-        _md_table(merged.select(shown)),
+        _md_table(shown),
+        "",
+        "Brackets: 95% bootstrap intervals over each cell's concepts (see the cells' reports).",
         "",
     ]
     with store.atomic_path(outputs["report"], ".md") as tmp:
