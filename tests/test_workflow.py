@@ -24,6 +24,9 @@ TINY = [
     "steering.factors=[0.5,1.0]",
     "steering.max_new_tokens=6",
     "steering.temperature=0",  # greedy: the vllm engine must reproduce these generations exactly
+    # hf here (vllm is the default): one vLLM start-up per steer job would slow the tiny DAG;
+    # test_vllm_engine_reproduces_the_greedy_generations reruns its steering on vllm.
+    "steering.engine=hf",
     "method=[diffmean,prompt,bow,random]",
     "+method.random.max_concepts=2",  # the generic per-method concept limit
     "name=tiny",

@@ -68,12 +68,22 @@ def configure_env(env: dict[str, str] | None = None) -> dict[str, str]:
     return {k: env[k] for k in (*DEFAULT_ENV, *FORCED_ENV)}
 
 
+class VLLMUnavailable(RuntimeError):
+    """vLLM's engine failed to start here (an unsupported CPU, too little memory, ...); a missing
+    or broken install raises ImportError instead. Callers name their own way out."""
+
+
 def import_vllm() -> Any:
-    """`vllm`, or an ImportError that says how to install it."""
+    """`vllm`, or an ImportError that says how to install it (also when importing it fails
+    for another reason, e.g. a native library this CPU cannot load)."""
     try:
         import vllm
     except ImportError as err:
         raise ImportError(f"{INSTALL_HINT} ({err})") from err
+    except Exception as err:  # noqa: BLE001 - e.g. OSError/RuntimeError from native extensions
+        raise ImportError(
+            f"vLLM is installed but fails to import: {type(err).__name__}: {err}"
+        ) from err
     return vllm
 
 
@@ -321,12 +331,18 @@ class VLLMEngine:
         if self.llm is not None:
             return
         import torch
-        import vllm
 
+        vllm = import_vllm()
         set_num_threads = torch.set_num_threads  # the CPU worker replaces it by a no-op
         self.max_model_len = int(max_model_len)
-        self.llm = vllm.LLM(max_model_len=self.max_model_len, **self._llm_args)
-        torch.set_num_threads = set_num_threads  # so HF code in this process keeps working
+        try:
+            self.llm = vllm.LLM(max_model_len=self.max_model_len, **self._llm_args)
+        except Exception as err:  # noqa: BLE001 - engine start-up: platform, memory, kernels
+            raise VLLMUnavailable(
+                f"the vLLM engine failed to start on {self.folder}: {type(err).__name__}: {err}"
+            ) from err
+        finally:
+            torch.set_num_threads = set_num_threads  # so HF code in this process keeps working
 
     # -- steering table -------------------------------------------------------------------
 

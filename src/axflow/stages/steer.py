@@ -15,6 +15,16 @@ from axflow.stages.train import concept_params, runtime
 
 log = logging.getLogger("axflow")
 
+HF_FALLBACK = (
+    "vLLM cannot run on this machine; rerun with the override `steering.engine=hf` (e.g. "
+    '`snakemake --config overrides="steering.engine=hf"`) to steer on the HF engine instead'
+)
+
+
+def vllm_failure(err: Exception) -> RuntimeError:
+    """The steer job's error when vLLM is missing, fails to import or fails to start."""
+    return RuntimeError(f"steering.engine=vllm: {err}\n{HF_FALLBACK}")
+
 
 def steering_strength_base(metrics_path: str | None) -> dict[int, float]:
     """Per-concept max detection activation (AxBench: ≤ 0 falls back to 50)."""
@@ -47,14 +57,17 @@ def steer_stage(spec: dict[str, Any]) -> None:
 
         rt = method.runtime
         # Started on the first generate, sized for the longest prompt; exposes .tokenizer/.chat.
-        vllm_engine = VLLMEngine(
-            rt.model_dir,
-            dtype=rt.dtype,
-            chat=rt.chat,
-            max_model_len=None,
-            max_num_seqs=st["batch_size"],
-            seed=train["seed"],
-        )
+        try:
+            vllm_engine = VLLMEngine(
+                rt.model_dir,
+                dtype=rt.dtype,
+                chat=rt.chat,
+                max_model_len=None,
+                max_num_seqs=st["batch_size"],
+                seed=train["seed"],
+            )
+        except ImportError as err:
+            raise vllm_failure(err) from err
         lm = vllm_engine
     else:
         lm = method.runtime.lm
@@ -119,8 +132,12 @@ def steer_stage(spec: dict[str, Any]) -> None:
                 ):
                     outputs[k] = o
     elif vllm_engine is not None:  # one call: vLLM schedules all requests itself
+        from axflow.lm.vllm_engine import VLLMUnavailable
+
         try:
             outputs = vllm_engine.generate(requests, **options)
+        except VLLMUnavailable as err:
+            raise vllm_failure(err) from err
         finally:
             vllm_engine.close()
     else:
