@@ -66,6 +66,12 @@ def judge_path(method, jkey):
     return f"{RES}/judge/{method}/{jkey}/ratings.parquet"
 
 
+def bench_path(rule, name):
+    """The `benchmark:` file of a job (Snakemake writes it when the job ends; wall seconds,
+    memory, CPU time): `name` is the job's wildcards, as in its log file's name."""
+    return f"{RES}/benchmarks/{rule}/{name}.tsv"
+
+
 def report_outputs():
     """The sweep's merged report (its own folder, so a plain run's report is never taken for
     it), or the single experiment's."""
@@ -189,7 +195,32 @@ def report_inputs(wildcards):
                 inputs[f"{what}__{m.name}__{s}"] = detect_path(m.name, dkey, what)
         for s, jkey in enumerate(m.judge_keys):
             inputs[f"ratings__{m.name}__{s}"] = judge_path(m.name, jkey)
+    timed = sorted(timed_jobs(plan))
+    for i, (rule, name) in enumerate(timed):
+        inputs[f"bench__{rule}__{i}"] = bench_path(rule, name)
     return inputs
+
+
+def timed_jobs(plan):
+    """(rule, wildcards) of every job upstream of a cell's report that has a benchmark file,
+    for the report's time per rule; keys derived as the input functions derive them, so the
+    report asks for no job it would not run anyway. Not extract_activations: Snakemake forbids
+    a benchmark file where a rule is eligible for between-workflow caching (`cache`)."""
+    jobs = set()
+    for m in plan.methods:
+        for rule, keys in (
+            ("train", m.train_keys),
+            ("detect", m.detect_keys),
+            ("steer", m.steer_keys),
+            ("judge", m.judge_keys),
+        ):
+            jobs.update((rule, f"{m.name}_{key}") for key in keys)
+        for tkey in m.train_keys:
+            acts = slice_of("train", tkey)["acts"]
+            jobs.add(("prepare_model", stage_key(acts["model"])))
+            jobs.add(("dataset", stage_key(acts["data"])))
+    jobs.update(("dataset", s.data_key) for s in plan.shards)
+    return jobs
 
 
 def report_extra(wildcards):

@@ -3,6 +3,8 @@ rule prepare_model:
         weights=directory(f"{RES}/models/{{key}}/weights"),
     log:
         f"{RES}/logs/prepare_model/{{key}}.log",
+    benchmark:
+        bench_path("prepare_model", "{key}")
     conda:
         "../workflow/envs/axflow.yaml"
     threads: workflow.cores
@@ -24,6 +26,8 @@ rule dataset:
         config=f"{RES}/data/{{key}}/config.json",
     log:
         f"{RES}/logs/dataset/{{key}}.log",
+    benchmark:
+        bench_path("dataset", "{key}")
     conda:
         "../workflow/envs/axflow.yaml"
     threads: workflow.cores

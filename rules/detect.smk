@@ -8,6 +8,8 @@ rule detect:
         config=f"{RES}/detect/{{method}}/{{key}}/config.json",
     log:
         f"{RES}/logs/detect/{{method}}_{{key}}.log",
+    benchmark:
+        bench_path("detect", "{method}_{key}")
     conda:
         "../workflow/envs/axflow.yaml"
     threads: workflow.cores

@@ -6,6 +6,8 @@ rule judge:
         config=f"{RES}/judge/{{method}}/{{key}}/config.json",
     log:
         f"{RES}/logs/judge/{{method}}_{{key}}.log",
+    benchmark:
+        bench_path("judge", "{method}_{key}")
     conda:
         "../workflow/envs/axflow.yaml"
     threads: workflow.cores

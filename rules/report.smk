@@ -7,6 +7,8 @@ rule report:
         config=f"{RES}/{{cell}}/config.json",
     log:
         f"{RES}/logs/report/{{cell}}.log",
+    benchmark:
+        bench_path("report", "{cell}")
     conda:
         "../workflow/envs/axflow.yaml"
     threads: 1
@@ -27,6 +29,8 @@ if SWEEP.is_grid:
             leaderboard=f"{RES}/{SWEEP.name}/sweep/leaderboard.csv",
         log:
             f"{RES}/logs/report/{SWEEP.name}.sweep.log",
+        benchmark:
+            bench_path("sweep_report", SWEEP.name)
         conda:
             "../workflow/envs/axflow.yaml"
         threads: 1

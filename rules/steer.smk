@@ -6,6 +6,8 @@ rule steer:
         config=f"{RES}/steer/{{method}}/{{key}}/config.json",
     log:
         f"{RES}/logs/steer/{{method}}_{{key}}.log",
+    benchmark:
+        bench_path("steer", "{method}_{key}")
     conda:
         "../workflow/envs/axflow.yaml"
     threads: workflow.cores

@@ -6,6 +6,8 @@ rule train:
         config=f"{RES}/train/{{method}}/{{key}}/config.json",
     log:
         f"{RES}/logs/train/{{method}}_{{key}}.log",
+    benchmark:
+        bench_path("train", "{method}_{key}")
     conda:
         "../workflow/envs/axflow.yaml"
     threads: workflow.cores

@@ -45,6 +45,10 @@ def tiny_run(tmp_path_factory, smollm_dir) -> Path:
     weights = Path(f"{results}/models/{plan.model_key}/weights")
     weights.parent.mkdir(parents=True)
     weights.symlink_to(smollm_dir.resolve(), target_is_directory=True)
+    # Its benchmark file too (an input of the report): without it the job would run after all.
+    bench = Path(f"{results}/benchmarks/prepare_model/{plan.model_key}.tsv")
+    bench.parent.mkdir(parents=True)
+    bench.write_text("s\th:m:s\n")  # a header without a row: no time to report
     proc = snakemake(overrides=run_args(results))
     logs = "\n".join(p.read_text() for p in results.glob("logs/**/*.log"))
     assert proc.returncode == 0, proc.stdout + proc.stderr + logs
@@ -82,6 +86,11 @@ def test_dag_writes_report_and_leaderboard(tiny_run):
     report = (tiny_run / "tiny" / "report.md").read_text()
     assert "## Leaderboard" in report and "diffmean" in report
     assert "Limited by `method.random.max_concepts=2`" in report
+    # Time per rule, from the jobs' benchmark files (prepare_model's stand-in holds no time).
+    timing = report.split("## Time per rule", 1)[1]
+    for rule, jobs in [("dataset", 1), ("train", 4), ("detect", 4), ("steer", 3), ("judge", 3)]:
+        assert f"| {rule} | {jobs} |" in timing, timing
+    assert "1 benchmark files held no time" in timing
 
 
 def test_data_job_counts_examples_and_generator_calls(tiny_run):

@@ -55,6 +55,70 @@ def data_section(inputs: dict[str, str]) -> list[str]:
     return lines
 
 
+RULE_ORDER = ("prepare_model", "dataset", "train", "detect", "steer", "judge")  # DAG order
+
+
+def benchmark_seconds(path: str) -> float | None:
+    """Wall seconds of one job from its Snakemake benchmark TSV (column `s`; the mean over
+    repeats), None when the file is empty or unreadable (e.g. a stand-in without a row)."""
+    import csv
+
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f, delimiter="\t"))
+        values = [float(r["s"]) for r in rows]
+    except (OSError, KeyError, TypeError, ValueError):
+        return None
+    return sum(values) / len(values) if values else None
+
+
+def timing_section(inputs: dict[str, str]) -> list[str]:
+    """Wall time per rule from the jobs' benchmark files (inputs `bench__<rule>__<i>`): jobs,
+    total and max seconds, as each job last ran (a job reused from an earlier run keeps its
+    time)."""
+    per_rule: dict[str, list[float]] = {}
+    untimed = 0
+    for key, path in inputs.items():
+        kind, _, rest = key.partition("__")
+        if kind != "bench":
+            continue
+        seconds = benchmark_seconds(path)
+        if seconds is None:
+            untimed += 1
+            continue
+        per_rule.setdefault(rest.rsplit("__", 1)[0], []).append(seconds)
+    if not per_rule:
+        return []
+    order = sorted(per_rule, key=lambda r: (RULE_ORDER.index(r) if r in RULE_ORDER else 99, r))
+    table = pl.DataFrame(
+        [
+            {
+                "rule": rule,
+                "jobs": len(per_rule[rule]),
+                "total s": f"{sum(per_rule[rule]):.1f}",
+                "max s": f"{max(per_rule[rule]):.1f}",
+            }
+            for rule in order
+        ],
+        schema={"rule": pl.String, "jobs": pl.Int64, "total s": pl.String, "max s": pl.String},
+    )
+    total = sum(sum(v) for v in per_rule.values())
+    lines = ["", "## Time per rule", ""]
+    lines += [
+        "Wall seconds of the jobs behind this report, from Snakemake's `benchmark:` files"
+        f" (`benchmarks/<rule>/` under the results folder), {total:.0f} s in all; each job as it"
+        " last ran, so a job reused from an earlier run keeps its time. Not listed:"
+        " extract_activations (Snakemake allows no `benchmark:` on a rule eligible for"
+        " between-workflow caching; its log says `stage acts done in N s`) and this report.",
+        "",
+        _md_table(table),
+        "",
+    ]
+    if untimed:
+        lines += [f"{untimed} benchmark files held no time.", ""]
+    return lines
+
+
 GENERATOR_TOTALS = (
     "requests",
     "cached",
@@ -220,6 +284,7 @@ def write_report(
     lines += data_section(inputs)
     for result in results.values():
         lines += _method_section(result, baseline)
+    lines += timing_section(inputs)
     with store.atomic_path(outputs["report"], ".md") as tmp:
         tmp.write_text("\n".join(lines) + "\n")
     store.write_json(cfg, outputs["config"])
