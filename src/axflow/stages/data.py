@@ -3,6 +3,7 @@ prompts, imported (AxBench) or synthesized, validated, with per-concept counts."
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ log = logging.getLogger("axflow")
 
 def dataset_stage(spec: dict[str, Any]) -> None:
     from axflow.data import shards, sources
-    from axflow.data.validate import validate_examples
+    from axflow.data.validate import DataError, validate_examples
 
     s, out = spec["slice"], spec["output"]
     ds, shard = s["dataset"], s["shard"]
@@ -35,6 +36,7 @@ def dataset_stage(spec: dict[str, Any]) -> None:
     else:
         from axflow.data.generators import TargetGenerator, build_generator, overgenerate
         from axflow.data.synthesize import open_cache, synthesize
+        from axflow.data.verify import build_verifier
 
         concepts = shards.select(
             sources.load_concepts(shards.resolve(ds["concepts"]), ds.get("genre", "text")),
@@ -50,12 +52,19 @@ def dataset_stage(spec: dict[str, Any]) -> None:
         cache = open_cache(spec["cache_dir"])
         model_id = target_model_id(spec, s["model"])
         target = TargetGenerator(load_lm(spec, s["model"]), model_id, s["generator"], cache)
-        with served(
-            s["generator"],
-            group="generator",
-            target_dir=weights_dir(Path(spec["input"]["model"])),
-            target_id=model_id,
-        ) as gen_cfg:
+        model_dir = weights_dir(Path(spec["input"]["model"]))
+        with contextlib.ExitStack() as stack:
+            gen_cfg = stack.enter_context(
+                served(s["generator"], group="generator", target_dir=model_dir, target_id=model_id)
+            )
+            judge_cfg = s.get("judge")  # in the slice only with dataset.verifier=judge
+            if judge_cfg is not None:
+                judge_cfg = stack.enter_context(
+                    served(judge_cfg, group="judge", target_dir=model_dir, target_id=model_id)
+                )
+            verifier = build_verifier(
+                ds, cache=cache, judge_cfg=judge_cfg, model_dir=str(model_dir)
+            )
             writer = build_generator(gen_cfg, target=target, cache=cache)
             result = synthesize(
                 concepts,
@@ -65,12 +74,15 @@ def dataset_stage(spec: dict[str, Any]) -> None:
                 writer=writer,
                 target=target,
                 overgenerate=overgenerate(gen_cfg),
+                verifier=verifier,
             )
         concepts, train, detect_eval = result.concepts, result.train, result.detect_eval
         stats["generators"] = {"target": target.stats.as_dict()}
         if writer is not target:
             stats["generators"]["writer"] = writer.stats.as_dict()
         stats["polysemy"] = {str(k): v for k, v in result.polysemy.items()}
+        stats["verification"] = result.verification
+        log_verification(result.verification)
         for role, st in stats["generators"].items():
             log.info(
                 "%s generator %s: %d requests, %d cached, %d generated, %d+%d tokens, $%.4f",
@@ -86,17 +98,32 @@ def dataset_stage(spec: dict[str, Any]) -> None:
         source = "synthesized"
     expected_train = {"positive": ds["train_positive"], "negative": ds["train_negative"]}
     expected_eval = {"positive": ds["eval_positive"], "negative": ds["eval_negative"]}
-    validate_examples(
-        train, split="train", concepts=concepts, expected=expected_train, source=source
-    )
-    validate_examples(
-        detect_eval,
-        split="detect_eval",
-        concepts=concepts,
-        expected=expected_eval,
-        at_most={"hard negative": ds.get("hard_negatives", 0)} if source == "synthesized" else None,
-        source=source,
-    )
+    try:
+        validate_examples(
+            train, split="train", concepts=concepts, expected=expected_train, source=source
+        )
+        validate_examples(
+            detect_eval,
+            split="detect_eval",
+            concepts=concepts,
+            expected=expected_eval,
+            at_most={"hard negative": ds.get("hard_negatives", 0)}
+            if source == "synthesized"
+            else None,
+            source=source,
+        )
+    except DataError as err:
+        v = stats.get("verification") or {}
+        if not any(row["short"] for row in v.get("per_concept", [])):
+            raise
+        raise DataError(
+            f"{err} The writer's examples failed verification (dataset.verifier="
+            f"{v['verifier']}) in all {v['max_attempts']} attempt(s) of {v['candidates']} "
+            "candidate(s); raise dataset.max_attempts or dataset.candidates, use a stronger "
+            "writer (generator=...), lower dataset.verify_thresholds, set "
+            "dataset.shortfall=keep_best to fill such rows with their best unverified candidate, "
+            "or dataset.verifier=none to keep the writer's examples unchecked (AxBench)."
+        ) from err
     steering = sources.load_steering_instructions(shards.resolve(ds["steering_instructions"]))
     prompts = sources.sample_steering_prompts(
         concepts, steering, s["steering_instructions"], s["seed"]
@@ -108,6 +135,30 @@ def dataset_stage(spec: dict[str, Any]) -> None:
     store.write_table(prompts, out["steer_prompts"], "steer_prompts")
     store.write_json(stats, out["stats"])
     store.write_json(s, out["config"])
+
+
+def log_verification(v: dict[str, Any]) -> None:
+    """One log line per category: rows accepted, candidates written and the share that passed."""
+    if not v or v.get("verifier") == "none":
+        return
+    totals: dict[str, dict[str, int]] = {}
+    for row in v["per_concept"]:
+        t = totals.setdefault(row["category"], {"rows": 0, "accepted": 0, "cand": 0, "ok": 0})
+        t["rows"] += row["rows"]
+        t["accepted"] += row["accepted"]
+        t["cand"] += row["candidates"]
+        t["ok"] += row["passed"]
+    for category, t in totals.items():
+        log.info(
+            "verifier %s, %s: %d of %d rows accepted; %d of %d candidates passed (%.0f %%)",
+            v["verifier"],
+            category,
+            t["accepted"],
+            t["rows"],
+            t["ok"],
+            t["cand"],
+            100 * t["ok"] / max(t["cand"], 1),
+        )
 
 
 def example_counts(
