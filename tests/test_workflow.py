@@ -144,6 +144,7 @@ def test_vllm_engine_reproduces_the_greedy_generations(tiny_run):
     proc = snakemake(*targets, overrides=run_args(tiny_run, vllm))
     logs = "\n".join(p.read_text() for p in tiny_run.glob("logs/steer/*.log"))
     assert proc.returncode == 0, proc.stdout + proc.stderr + logs
+    assert "on the vllm engine" in logs and "on the hf engine" in logs
     for hf_out, vllm_out in pairs:
         hf_gens, vllm_gens = pl.read_parquet(hf_out), pl.read_parquet(vllm_out)
         assert hf_gens.height > 0 and hf_gens.equals(vllm_gens), f"{vllm_out} differs from hf"

@@ -142,7 +142,13 @@ def steer_stage(spec: dict[str, Any]) -> None:
             vllm_engine.close()
     else:
         outputs = generate(lm, requests, **options)
-    log.info("generated %d continuations in %.1fs", len(outputs), time.time() - t0)
+    engine = "vllm" if vllm_engine is not None else "hf"
+    log.info(
+        "generated %d continuations in %.1fs on the %s engine",
+        len(outputs),
+        time.time() - t0,
+        engine,
+    )
     for r, o in zip(records, outputs, strict=True):
         r["generation"] = o
     store.write_table(
