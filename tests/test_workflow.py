@@ -20,6 +20,7 @@ TINY = [
     "dataset.eval_negative=4",
     "dataset.response_tokens=12",
     "dataset.hard_negatives=1",
+    "dataset.max_attempts=2",  # verification runs in the DAG; its resampling is tested on its own
     "steering.instructions_per_concept=2",
     "steering.factors=[0.5,1.0]",
     "steering.max_new_tokens=6",
