@@ -210,3 +210,41 @@ def test_delong_interval_matches_auc_and_covers_the_truth():
         hits += iv.lo <= truth <= iv.hi
     assert 0.90 <= hits / 300 <= 0.99
     assert delong_auroc(np.ones(4), np.arange(4.0)).value is None
+
+
+def test_data_section_shows_acceptance_rates_and_a_rejected_example():
+    from axflow.report import verification_lines
+
+    per = [
+        {
+            "concept_id": 0,
+            "category": "positive",
+            "rows": 4,
+            "accepted": 4,
+            "unverified": 1,
+            "candidates": 8,
+            "passed": 4,
+        },
+        {
+            "concept_id": 1,
+            "category": "positive",
+            "rows": 4,
+            "accepted": 4,
+            "unverified": 0,
+            "candidates": 4,
+            "passed": 4,
+        },
+    ]
+    stats = {
+        "verification": {
+            "verifier": "embedded",
+            "max_attempts": 6,
+            "candidates": 1,
+            "per_concept": per,
+            "rejected_examples": {"positive": [{"concept_id": 0, "output": "running shoes"}]},
+        }
+    }
+    text = "\n".join(verification_lines([stats]))
+    assert "| positive | 8 | 8 | 1 | 12 | 8 | 0.667 |" in text
+    assert 'rejected positive for concept 0: "running shoes"' in text
+    assert verification_lines([{"counts": []}]) == []

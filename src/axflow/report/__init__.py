@@ -44,6 +44,7 @@ def data_section(inputs: dict[str, str]) -> list[str]:
             f"{t['completion_tokens']} completion tokens, {t['retries']} retries, "
             f"${t['cost_usd']:.4f}, {t['seconds']:.0f} s) when the data job last ran"
         )
+    lines += verification_lines(stats)
     polysemy = [p for s in stats for p in s.get("polysemy", {}).values()]
     if polysemy:
         lines.append(
@@ -52,6 +53,35 @@ def data_section(inputs: dict[str, str]) -> list[str]:
             f"{sum(len(p['senses']) for p in polysemy)} other senses, "
             f"{sum(len(p['kept']) for p in polysemy)} judged distinct from their concept"
         )
+    return lines
+
+
+def verification_lines(stats: list[dict[str, Any]]) -> list[str]:
+    """Acceptance of written examples per category, and a rejected example of each."""
+    checked = [s["verification"] for s in stats if s.get("verification", {}).get("per_concept")]
+    if not checked:
+        return []
+    rows = pl.DataFrame([r for v in checked for r in v["per_concept"]])
+    table = (
+        rows.group_by("category", maintain_order=True)
+        .agg(pl.col("rows", "accepted", "unverified", "candidates", "passed").sum())
+        .with_columns((pl.col("passed") / pl.col("candidates")).alias("acceptance_rate"))
+    )
+    v = checked[0]
+    lines = [
+        "",
+        f"Verified synthesis (`dataset.verifier={v['verifier']}`, up to {v['max_attempts']}"
+        f" rounds of {v['candidates']} candidate(s) per row; `unverified`: rows that never"
+        " passed and kept their best candidate):",
+        "",
+        _md_table(table),
+        "",
+    ]
+    for category, examples in sorted(checked[0].get("rejected_examples", {}).items()):
+        if examples:
+            e = examples[0]
+            text = " ".join(str(e["output"]).split())[:160]
+            lines.append(f'- rejected {category} for concept {e["concept_id"]}: "{text}"')
     return lines
 
 
