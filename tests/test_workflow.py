@@ -20,7 +20,7 @@ TINY = [
     "dataset.eval_negative=4",
     "dataset.response_tokens=12",
     "dataset.hard_negatives=1",
-    "dataset.max_attempts=2",  # verification runs in the DAG; its resampling is tested on its own
+    "dataset.max_attempts=1",  # verification runs in the DAG; its resampling is tested on its own
     "steering.instructions_per_concept=2",
     "steering.factors=[0.5,1.0]",
     "steering.max_new_tokens=6",
@@ -98,6 +98,9 @@ def test_data_job_counts_examples_and_generator_calls(tiny_run):
     (stats_path,) = tiny_run.glob("data/*/stats.json")
     stats = json.loads(stats_path.read_text())
     assert len(stats["counts"]) == 3
+    verification = stats["verification"]  # every written row was checked, and counted
+    assert verification["verifier"] == "embedded" and verification["per_concept"]
+    assert sum(r["rows"] for r in verification["per_concept"]) >= 3 * (6 + 4 + 4)
     for c in stats["counts"]:
         assert (c["train_positive"], c["train_negative"]) == (6, 6)
         assert (c["eval_positive"], c["eval_negative"]) == (4, 4)
