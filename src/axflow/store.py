@@ -250,7 +250,12 @@ def read_activations(path: str | os.PathLike) -> tuple[Any, np.ndarray]:
     return pl.from_arrow(table.drop(["act"])), matrix
 
 
-def read_unmatched(params_path: str | os.PathLike) -> dict[int, str]:
-    """Concepts a train job has no parameters for, with the reason (from the params metadata)."""
-    _, meta = read_tensors(params_path)
-    return {int(k): v for k, v in json.loads(meta.get("unmatched", "{}")).items()}
+def read_params_scope(params_path: str | os.PathLike) -> tuple[dict[int, str], list[int]]:
+    """From a train job's params metadata (no tensor is loaded): the concepts it has no
+    parameters for, with the reason, and those its config left out of scope (`max_concepts`)."""
+    from safetensors import safe_open
+
+    with safe_open(str(params_path), framework="np") as f:
+        meta = f.metadata() or {}
+    unmatched = {int(k): v for k, v in json.loads(meta.get("unmatched", "{}")).items()}
+    return unmatched, [int(c) for c in json.loads(meta.get("out_of_scope", "[]"))]

@@ -11,7 +11,6 @@ scopes share, so a limited method is compared on its own subset.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -116,9 +115,9 @@ def _params_facts(paths: list[str]) -> tuple[dict[int, str], set[int]]:
     """(concepts without parameters and why, concepts out of scope by config) of every shard."""
     unmatched, out_of_scope = {}, set()
     for path in paths:
-        _, meta = store.read_tensors(path)
-        unmatched.update({int(k): v for k, v in json.loads(meta.get("unmatched", "{}")).items()})
-        out_of_scope.update(int(c) for c in json.loads(meta.get("out_of_scope", "[]")))
+        shard_unmatched, shard_out = store.read_params_scope(path)
+        unmatched.update(shard_unmatched)
+        out_of_scope.update(shard_out)
     return unmatched, out_of_scope
 
 
