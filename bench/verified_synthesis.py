@@ -20,11 +20,12 @@ from pathlib import Path
 import polars as pl
 import torch
 
+from axflow.calls import open_cache
 from axflow.concept10 import smollm_dir
 from axflow.config import compose
 from axflow.data import shards, sources
 from axflow.data.generators import TargetGenerator
-from axflow.data.synthesize import open_cache, synthesize
+from axflow.data.synthesize import synthesize
 from axflow.data.verify import build_verifier
 from axflow.lm.models import load_model
 

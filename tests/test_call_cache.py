@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from axflow.judge.cache import CallCache, call_key
+from axflow.calls import CallCache, call_key
 
 PARAMS = {"temperature": 0.7, "max_tokens": 16}
 

@@ -10,11 +10,11 @@ import polars as pl
 import pytest
 import torch
 
+from axflow.calls import CallCache
 from axflow.data import sources
 from axflow.data.generators import ChatRequest, OpenAIGenerator, TargetGenerator
 from axflow.data.synthesize import negative_counts, synthesize
 from axflow.data.validate import validate_examples
-from axflow.judge.cache import CallCache
 from axflow.lm.models import load_model
 from axflow.lm.openai_compat import EndpointError
 from chat_server import ScriptedChatServer

@@ -16,12 +16,12 @@ from types import SimpleNamespace
 import polars as pl
 import pytest
 
+from axflow.calls import CallCache
 from axflow.data import sources
 from axflow.data.generators import CachedGenerator, ChatRequest, _Reply
 from axflow.data.synthesize import synthesize
 from axflow.data.validate import DataError, validate_examples
 from axflow.data.verify import EmbeddedVerifier, NoVerifier
-from axflow.judge.cache import CallCache
 
 CONCEPT = "ocean waves and the sea shore"
 ON_TOPIC = "The ocean waves roll onto the sandy shore as the sea tide rises; surfers ride them."

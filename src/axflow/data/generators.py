@@ -22,7 +22,7 @@ from typing import Any
 import openai
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
 
-from axflow.judge.cache import CallCache
+from axflow.calls import CallCache
 from axflow.lm.openai_compat import api_key, endpoint_error, is_transient
 
 log = logging.getLogger(__name__)

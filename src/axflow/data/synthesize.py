@@ -20,13 +20,13 @@ generates only its own rows (and its genre's shared negatives if the genre is ne
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import polars as pl
 
+from axflow.calls import row_seed
 from axflow.data import prompts
 from axflow.data.generators import ChatRequest
 from axflow.data.sources import split_pool
@@ -46,12 +46,6 @@ EXAMPLE_COLUMNS = [
 ]
 # Token budgets of the short control replies (genre, word list, sense, distinctness check).
 CONTROL_TOKENS = {"genre": 16, "words": 64, "sense": 40, "distinct": 96}
-
-
-def row_seed(seed: int, *parts: Any) -> int:
-    """A stable per-row seed from the run seed and the row's identity."""
-    blob = "\x1f".join(str(p) for p in (seed, *parts)).encode()
-    return int.from_bytes(hashlib.sha256(blob).digest()[:4], "little")
 
 
 def negative_counts(total: int) -> dict[str, int]:
@@ -467,12 +461,3 @@ def _contrast_senses(
         if prompts.parse_verdict(reply) and len(found[cid]["kept"]) < limit:
             found[cid]["kept"].append((word, sense))
     return found
-
-
-def open_cache(cache_dir: str):
-    from pathlib import Path
-
-    from axflow.judge.cache import CallCache
-
-    Path(cache_dir).mkdir(parents=True, exist_ok=True)
-    return CallCache(Path(cache_dir) / "calls.sqlite")

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from axflow.judge.cache import CallCache
+from axflow.calls import CallCache
 from axflow.judge.rubric import harmonic_mean, parse_rating
 
 __all__ = [

@@ -34,8 +34,9 @@ def dataset_stage(spec: dict[str, Any]) -> None:
         detect_eval = detect_eval.filter(pl.col("concept_id").is_in(keep))
         source = str(folder)
     else:
+        from axflow.calls import open_cache
         from axflow.data.generators import TargetGenerator, build_generator, overgenerate
-        from axflow.data.synthesize import open_cache, synthesize
+        from axflow.data.synthesize import synthesize
         from axflow.data.verify import build_verifier
 
         concepts = shards.select(

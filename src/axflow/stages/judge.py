@@ -13,7 +13,7 @@ from axflow.stages._common import target_model_id
 
 
 def judge_stage(spec: dict[str, Any]) -> None:
-    from axflow.data.synthesize import open_cache
+    from axflow.calls import open_cache
     from axflow.judge import JudgeItem, build_judge
     from axflow.lm.models import weights_dir
     from axflow.lm.vllm_server import served

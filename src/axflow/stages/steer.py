@@ -35,7 +35,7 @@ def steering_strength_base(metrics_path: str | None) -> dict[int, float]:
 
 
 def steer_stage(spec: dict[str, Any]) -> None:
-    from axflow.data.synthesize import row_seed
+    from axflow.calls import row_seed
     from axflow.lm.generate import GenerationRequest, generate
     from axflow.lm.prompts import format_prompt
     from axflow.methods import build_method

@@ -1,4 +1,4 @@
-"""A persistent, content-addressed cache for every model call (judge, generator, embedder).
+"""Model calls made reproducible: a content-addressed cache and the seeds that key sampled calls.
 
 A call is identified by what determines its answer: the model, the sampling parameters and the
 prompt. The key is the SHA-256 of their canonical JSON, so the same call made from another stage,
@@ -218,3 +218,15 @@ class CallCache:
             self.stats.hits += hits
             self.stats.misses += misses
             self.stats.writes += writes
+
+
+def row_seed(seed: int, *parts: Any) -> int:
+    """A stable per-row seed from the run seed and the row's identity."""
+    blob = "\x1f".join(str(p) for p in (seed, *parts)).encode()
+    return int.from_bytes(hashlib.sha256(blob).digest()[:4], "little")
+
+
+def open_cache(cache_dir: str | Path) -> CallCache:
+    """The run's shared call cache (`<cache_dir>/calls.sqlite`), creating the folder."""
+    Path(cache_dir).mkdir(parents=True, exist_ok=True)
+    return CallCache(Path(cache_dir) / "calls.sqlite")
