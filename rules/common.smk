@@ -5,7 +5,9 @@ import json
 import re
 
 from axflow.codeversion import code_digest
-from axflow.config import detect_slice, make_sweep, overrides_from_snakemake, stage_key
+from axflow.config import overrides_from_snakemake
+from axflow.layout import Layout, report_input, stage_key
+from axflow.plan import detect_slice, make_sweep
 from axflow.data.shards import dataset_scope
 from axflow.methods import method_class
 from axflow.stages import stage_module
@@ -16,6 +18,7 @@ SWEEP = make_sweep(overrides_from_snakemake(config))
 CELLS = {cell.path: cell for cell in SWEEP.cells}
 CFG = SWEEP.cells[0].plan.cfg  # results_dir and cache_dir cannot be swept
 RES = CFG["results_dir"]
+LAYOUT = Layout(RES)
 STAGE_CMD = (
     "python -m axflow.stages {params.spec:q} --threads {threads}"
     " --input {input:q} --output {output:q} > {log:q} 2>&1"
@@ -38,38 +41,15 @@ def upstream_key(stage, key, parent):
     return stage_key(slice_of(stage, key)[parent])
 
 
-def model_path(mkey):
-    return f"{RES}/models/{mkey}/weights"
-
-
-def data_path(dkey, name):
-    return f"{RES}/data/{dkey}/{name}.parquet"
-
-
-def acts_path(akey, split):
-    return f"{RES}/activations/{akey}/{split}.parquet"
-
-
-def train_path(method, tkey):
-    return f"{RES}/train/{method}/{tkey}/params.safetensors"
-
-
-def detect_path(method, dkey, name):
-    return f"{RES}/detect/{method}/{dkey}/{name}.parquet"
-
-
-def steer_path(method, skey):
-    return f"{RES}/steer/{method}/{skey}/generations.parquet"
-
-
-def judge_path(method, jkey):
-    return f"{RES}/judge/{method}/{jkey}/ratings.parquet"
-
-
-def bench_path(rule, name):
-    """The `benchmark:` file of a job (Snakemake writes it when the job ends; wall seconds,
-    memory, CPU time): `name` is the job's wildcards, as in its log file's name."""
-    return f"{RES}/benchmarks/{rule}/{name}.tsv"
+# Artefact paths: `axflow.layout`, shared with the stages and the report.
+model_path = LAYOUT.model
+data_path = LAYOUT.data
+acts_path = LAYOUT.acts
+train_path = LAYOUT.train
+detect_path = LAYOUT.detect
+steer_path = LAYOUT.steer
+judge_path = LAYOUT.judge
+bench_path = LAYOUT.benchmark
 
 
 def report_outputs():
@@ -181,23 +161,22 @@ def judge_inputs(wildcards):
 
 
 def report_inputs(wildcards):
-    """Every shard's artefacts of every method (`<what>__<method>__<shard>`), merged by concept."""
+    """Every shard's artefacts of every method, named by `axflow.layout.report_input`."""
     plan = CELLS[wildcards.cell].plan
     inputs = {
-        f"data_stats__{s.index}": f"{RES}/data/{s.data_key}/stats.json"
+        report_input("data_stats", s.index): LAYOUT.data_stats(s.data_key)
         for s in plan.shards
     }
     for m in plan.methods:
         for s, tkey in enumerate(m.train_keys):
-            inputs[f"params__{m.name}__{s}"] = train_path(m.name, tkey)
+            inputs[report_input("params", s, m.name)] = train_path(m.name, tkey)
         for s, dkey in enumerate(m.detect_keys):
             for what in ("metrics", "pool", "scores"):
-                inputs[f"{what}__{m.name}__{s}"] = detect_path(m.name, dkey, what)
+                inputs[report_input(what, s, m.name)] = detect_path(m.name, dkey, what)
         for s, jkey in enumerate(m.judge_keys):
-            inputs[f"ratings__{m.name}__{s}"] = judge_path(m.name, jkey)
-    timed = sorted(timed_jobs(plan))
-    for i, (rule, name) in enumerate(timed):
-        inputs[f"bench__{rule}__{i}"] = bench_path(rule, name)
+            inputs[report_input("ratings", s, m.name)] = judge_path(m.name, jkey)
+    for i, (rule, name) in enumerate(sorted(timed_jobs(plan))):
+        inputs[report_input("bench", i, rule)] = bench_path(rule, name)
     return inputs
 
 

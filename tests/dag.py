@@ -7,8 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from axflow.config import REPO_ROOT
 from axflow.jobstats import job_counts
+from axflow.layout import REPO_ROOT
 
 
 def snakemake(*args: str, overrides: list[str] = ()) -> subprocess.CompletedProcess:

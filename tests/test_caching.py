@@ -15,7 +15,9 @@ from pathlib import Path
 import pytest
 
 from axflow import codeversion
-from axflow.config import REPO_ROOT, compose, make_plan
+from axflow.config import compose
+from axflow.layout import REPO_ROOT
+from axflow.plan import make_plan
 from dag import materialize, planned_jobs
 
 BASE = [
@@ -184,7 +186,7 @@ def test_stage_closures_of_the_real_package():
     assert {"axflow.judge.embedded", "axflow.judge.openai_judge"} <= set(judge)  # by name
     train = codeversion.closure(["axflow.stages.train", "axflow.methods.diffmean"])
     assert "axflow.methods.probe" not in train and "axflow.stages.detect" not in train
-    data = codeversion.closure(["axflow.stages.data"])  # data.shards imports config.REPO_ROOT
+    data = codeversion.closure(["axflow.stages.data"])  # data.shards imports layout.REPO_ROOT
     assert "axflow.data.shards" in data and not codeversion.PLANNING & set(data)
     report = codeversion.closure(["axflow.stages.report"])
     assert "axflow.report" in report and not any(m.startswith("axflow.methods") for m in report)

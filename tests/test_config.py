@@ -8,15 +8,10 @@ import polars as pl
 import pytest
 from hydra.errors import ConfigCompositionException
 
-from axflow.config import (
-    ConfigError,
-    compose,
-    make_plan,
-    make_sweep,
-    overrides_from_snakemake,
-    stage_key,
-)
+from axflow.config import ConfigError, compose, overrides_from_snakemake
+from axflow.layout import stage_key
 from axflow.lm.models import ModelNotFound, resolve_model_dir
+from axflow.plan import make_plan, make_sweep
 
 
 def test_default_config_composes_and_plans():

@@ -11,6 +11,7 @@ import polars as pl
 import pytest
 
 from axflow import store
+from axflow.layout import report_input
 from axflow.metrics.uncertainty import bootstrap_mean, delong_auroc, paired_difference
 from axflow.report import write_report
 from axflow.report.leaderboard import build_leaderboard
@@ -51,7 +52,7 @@ def _artefacts(tmp_path, name, trained, out_of_scope=(), auroc=None, steer=None,
         params,
         metadata={"unmatched": unmatched, "out_of_scope": list(out_of_scope)},
     )
-    inputs[f"params__{name}__0"] = str(params)
+    inputs[report_input("params", 0, name)] = str(params)
     if auroc is not None:
         metrics = pl.DataFrame(
             {
@@ -79,8 +80,8 @@ def _artefacts(tmp_path, name, trained, out_of_scope=(), auroc=None, steer=None,
         ):
             path = tmp_path / f"{name}.{kind}.parquet"
             store.write_table(frame, path, schema)
-            inputs[f"{kind}__{name}__0"] = str(path)
-        inputs[f"scores__{name}__0"] = str(tmp_path / "unused.parquet")
+            inputs[report_input(kind, 0, name)] = str(path)
+        inputs[report_input("scores", 0, name)] = str(tmp_path / "unused.parquet")
     if steer is not None:
         rows = [
             {
@@ -100,7 +101,7 @@ def _artefacts(tmp_path, name, trained, out_of_scope=(), auroc=None, steer=None,
         ]
         path = tmp_path / f"{name}.ratings.parquet"
         store.write_table(pl.DataFrame(rows, infer_schema_length=None), path, "ratings")
-        inputs[f"ratings__{name}__0"] = str(path)
+        inputs[report_input("ratings", 0, name)] = str(path)
     return inputs
 
 
@@ -109,7 +110,7 @@ def board_inputs(tmp_path):
     stats = tmp_path / "stats.json"
     counts = [{"concept_id": c, "eval_positive": 8, "eval_hard_negative": 0} for c in CONCEPTS]
     store.write_json({"counts": counts}, stats)
-    inputs = {"data_stats__0": str(stats)}
+    inputs = {report_input("data_stats", 0): str(stats)}
     good = {0: 0.9, 1: 0.8, 2: 0.7, 3: 0.6}
     inputs |= _artefacts(tmp_path, "full", CONCEPTS, auroc=good, steer={c: 1.0 for c in CONCEPTS})
     # The SAE has nothing for concept 3 (no latent fires): it must not leave the mean.

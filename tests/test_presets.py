@@ -19,9 +19,10 @@ import polars as pl
 import pytest
 import yaml
 
-from axflow.config import CONFIG_DIR, ConfigError, compose, make_plan, make_sweep
+from axflow.config import CONFIG_DIR, ConfigError, compose
 from axflow.data import shards
 from axflow.data.sources import BUILTIN_CONCEPTS
+from axflow.plan import make_plan, make_sweep
 from dag import planned_jobs, snakemake
 
 GROUPS = sorted(p.name for p in CONFIG_DIR.iterdir() if p.is_dir() and any(p.glob("*.yaml")))

@@ -14,16 +14,16 @@ def _bench(path, *seconds):
 
 def test_time_per_rule_in_dag_order(tmp_path):
     inputs = {
-        "ratings__diffmean__0": "not a benchmark",
-        "bench__judge__0": _bench(tmp_path / "j0.tsv", 2.0),
-        "bench__steer__1": _bench(tmp_path / "s1.tsv", 10.5),
-        "bench__steer__2": _bench(tmp_path / "s2.tsv", 20.0),
-        "bench__dataset__3": _bench(tmp_path / "d.tsv", 3.0, 5.0),  # repeats: their mean
-        "bench__train__4": str(tmp_path / "empty.tsv"),
+        "ratings.diffmean.0": "not a benchmark",
+        "bench.judge.0": _bench(tmp_path / "j0.tsv", 2.0),
+        "bench.steer.1": _bench(tmp_path / "s1.tsv", 10.5),
+        "bench.steer.2": _bench(tmp_path / "s2.tsv", 20.0),
+        "bench.dataset.3": _bench(tmp_path / "d.tsv", 3.0, 5.0),  # repeats: their mean
+        "bench.train.4": str(tmp_path / "empty.tsv"),
     }
     (tmp_path / "empty.tsv").write_text("")
-    assert benchmark_seconds(inputs["bench__dataset__3"]) == 4.0
-    assert benchmark_seconds(inputs["bench__train__4"]) is None
+    assert benchmark_seconds(inputs["bench.dataset.3"]) == 4.0
+    assert benchmark_seconds(inputs["bench.train.4"]) is None
     text = "\n".join(timing_section(inputs))
     assert "## Time per rule" in text and "36 s in all" in text
     rows = [line for line in text.splitlines() if line.startswith("| ") and "rule" not in line]
@@ -36,4 +36,4 @@ def test_time_per_rule_in_dag_order(tmp_path):
 
 
 def test_no_benchmarks_no_section():
-    assert timing_section({"ratings__diffmean__0": "x"}) == []
+    assert timing_section({"ratings.diffmean.0": "x"}) == []

@@ -8,8 +8,9 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from axflow.config import compose, make_plan
+from axflow.config import compose
 from axflow.lm.vllm_engine import vllm_available
+from axflow.plan import make_plan
 from dag import planned_jobs, snakemake
 
 TINY = [

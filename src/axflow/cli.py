@@ -15,7 +15,9 @@ import sys
 
 from hydra.errors import HydraException
 
-from axflow.config import REPO_ROOT, ConfigError, make_sweep
+from axflow.config import ConfigError
+from axflow.layout import REPO_ROOT
+from axflow.plan import make_sweep
 
 
 def main(argv: list[str] | None = None) -> int:

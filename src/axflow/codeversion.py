@@ -8,7 +8,8 @@ literal naming an axflow module (`importlib.import_module("axflow.judge.embedded
 an import of it. The tree is `ast.dump` with module, class and function docstrings removed, so
 comments, docstrings and formatting leave the digest unchanged while any change to what the code
 does (an expression, a constant, a default) changes it. Not followed: third-party packages, and
-the planning modules (`PLANNING`: config, this one), whose effect on an artefact is its slice.
+the planning modules (`PLANNING`: config, plan, layout, this one), whose effect on an artefact
+is its slice and its path.
 
 Pure file reading: nothing is imported. Each module is parsed once per process and each closure
 digest is computed once, so planning thousands of jobs costs one parse per module.
@@ -47,7 +48,7 @@ def _parents(name: str) -> list[str]:
 
 # Planning code: it computes the slices, which enter the keys themselves, and never an artefact
 # (a stage importing `REPO_ROOT` from it would otherwise put every edit of it in every key).
-PLANNING = frozenset({f"{PACKAGE}.config", f"{PACKAGE}.codeversion"})
+PLANNING = frozenset(f"{PACKAGE}.{m}" for m in ("config", "plan", "layout", "codeversion"))
 _STRING_IMPORT = re.compile(rf"""["']({PACKAGE}(?:\.[A-Za-z_][A-Za-z0-9_]*)+)["']""")
 
 

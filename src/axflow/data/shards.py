@@ -28,7 +28,7 @@ def resolve(path: str | None) -> Path | None:
     p = Path(path)
     if p.is_absolute() or p.exists():
         return p
-    from axflow.config import REPO_ROOT
+    from axflow.layout import REPO_ROOT
 
     return REPO_ROOT / p
 

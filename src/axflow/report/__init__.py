@@ -8,6 +8,7 @@ from typing import Any
 import polars as pl
 
 from axflow import store
+from axflow.layout import run_inputs
 from axflow.report.leaderboard import MethodResult, build_leaderboard
 
 
@@ -25,7 +26,7 @@ def _md_table(df: pl.DataFrame) -> str:
 
 def data_section(inputs: dict[str, str]) -> list[str]:
     """Examples per concept and category, and what synthesis cost (all shards' data jobs)."""
-    stats = [store.read_json(p) for k, p in sorted(inputs.items()) if k.startswith("data_stats__")]
+    stats = [store.read_json(p) for _, p in run_inputs(inputs, "data_stats")]
     if not stats:
         return []
     counts = pl.DataFrame([c for s in stats for c in s["counts"]]).sort("concept_id")
@@ -103,20 +104,17 @@ def benchmark_seconds(path: str) -> float | None:
 
 
 def timing_section(inputs: dict[str, str]) -> list[str]:
-    """Wall time per rule from the jobs' benchmark files (inputs `bench__<rule>__<i>`): jobs,
+    """Wall time per rule from the jobs' benchmark files (report inputs of kind `bench`): jobs,
     total and max seconds, as each job last ran (a job reused from an earlier run keeps its
     time)."""
     per_rule: dict[str, list[float]] = {}
     untimed = 0
-    for key, path in inputs.items():
-        kind, _, rest = key.partition("__")
-        if kind != "bench":
-            continue
+    for rule, path in run_inputs(inputs, "bench"):
         seconds = benchmark_seconds(path)
         if seconds is None:
             untimed += 1
             continue
-        per_rule.setdefault(rest.rsplit("__", 1)[0], []).append(seconds)
+        per_rule.setdefault(rule, []).append(seconds)
     if not per_rule:
         return []
     order = sorted(per_rule, key=lambda r: (RULE_ORDER.index(r) if r in RULE_ORDER else 99, r))

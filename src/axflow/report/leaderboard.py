@@ -18,6 +18,7 @@ import numpy as np
 import polars as pl
 
 from axflow import store
+from axflow.layout import method_inputs, run_inputs
 from axflow.metrics.detection import max_f1
 from axflow.metrics.steering import select_factor, winrate_points
 from axflow.metrics.uncertainty import Interval, bootstrap_mean, paired_difference
@@ -30,7 +31,7 @@ STEERING_FAILED = 0.0
 
 def run_concepts(inputs: dict[str, str]) -> pl.DataFrame:
     """The run's concepts (every shard's data job): id, description and eval row counts."""
-    stats = [store.read_json(p) for k, p in sorted(inputs.items()) if k.startswith("data_stats__")]
+    stats = [store.read_json(p) for _, p in run_inputs(inputs, "data_stats")]
     rows = [c for s in stats for c in s["counts"]]
     if not rows:
         return pl.DataFrame(
@@ -41,16 +42,6 @@ def run_concepts(inputs: dict[str, str]) -> pl.DataFrame:
             }
         )
     return pl.DataFrame(rows).sort("concept_id")
-
-
-def shard_inputs(inputs: dict[str, str], method: str) -> dict[str, list[str]]:
-    """The method's input paths per kind, in shard order (keys `<kind>__<method>__<shard>`)."""
-    out: dict[str, list[str]] = {k: [] for k in ("params", "metrics", "pool", "scores", "ratings")}
-    for key in sorted(inputs, key=lambda k: int(k.rsplit("__", 1)[-1]) if "__" in k else -1):
-        kind, _, rest = key.partition("__")
-        if kind in out and rest.rsplit("__", 1)[0] == method:
-            out[kind].append(inputs[key])
-    return out
 
 
 def steering_rows(ratings: pl.DataFrame) -> pl.DataFrame:
@@ -140,7 +131,7 @@ def _fill(frame: pl.DataFrame, scope: list[int], fills: dict[str, float | None])
 def _method_result(
     m: dict[str, Any], inputs: dict[str, str], cfg: dict[str, Any], concepts: pl.DataFrame
 ) -> MethodResult:
-    shards = shard_inputs(inputs, m["name"])
+    shards = method_inputs(inputs, m["name"])
     unmatched, out_of_scope = _params_facts(shards["params"])
     scope = [c for c in concepts["concept_id"].to_list() if c not in out_of_scope]
     limit = cfg["method"].get(m["name"], {}).get("max_concepts") if out_of_scope else None
