@@ -14,6 +14,8 @@ def load_lm(spec: dict[str, Any], model_slice: dict[str, Any]):
     return load_model(Path(spec["input"]["model"]), dtype=mcfg["dtype"], chat=mcfg["chat"])
 
 
-def target_model_id(spec: dict[str, Any], model_slice: dict[str, Any]) -> str:
+def target_model_id(model_slice: dict[str, Any]) -> str:
     """`name@key` of the job's prepared model: names it in call-cache keys and served endpoints."""
-    return f"{model_slice['model']['name']}@{Path(spec['input']['model']).parent.name}"
+    from axflow.layout import stage_key
+
+    return f"{model_slice['model']['name']}@{stage_key(model_slice)}"

@@ -51,7 +51,7 @@ def dataset_stage(spec: dict[str, Any]) -> None:
         from axflow.lm.vllm_server import served
 
         cache = open_cache(spec["cache_dir"])
-        model_id = target_model_id(spec, s["model"])
+        model_id = target_model_id(s["model"])
         target = TargetGenerator(load_lm(spec, s["model"]), model_id, s["generator"], cache)
         model_dir = weights_dir(Path(spec["input"]["model"]))
         with contextlib.ExitStack() as stack:

@@ -21,7 +21,7 @@ def judge_stage(spec: dict[str, Any]) -> None:
     s = spec["slice"]
     gens = store.read_table(spec["input"]["generations"], "generations").to_pylist()
     model_dir = weights_dir(Path(spec["input"]["model"]))
-    model_id = target_model_id(spec, s["steer"]["train"]["acts"]["model"])
+    model_id = target_model_id(s["steer"]["train"]["acts"]["model"])
     with served(s["judge"], group="judge", target_dir=model_dir, target_id=model_id) as cfg:
         judge = build_judge(cfg, model_dir=str(model_dir), cache=open_cache(spec["cache_dir"]))
         items = [JudgeItem(g["concept"], g["instruction"], g["generation"]) for g in gens]
