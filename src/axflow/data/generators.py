@@ -6,9 +6,13 @@ generates what is new; the first answer stored for a key wins. `GeneratorStats` 
 cache hits, calls that reached the model, tokens, retries and cost, for the run's report.
 
 The OpenAI-compatible generator sends its calls concurrently (asyncio, at most `max_concurrency`
-in flight), retries transient failures with exponential backoff, and stores every reply as it
-arrives, so an interrupted run resumes where it stopped. Endpoint-wide failures (bad key, unknown
-model, a server that stays down) stop the run with a message saying what to fix.
+in flight) through `openai_compat.chat_completion`: transient faults (connection refused,
+timeouts, 429 with Retry-After, 5xx, cut-off JSON, no `choices`, a reply for another model) are
+retried with exponential backoff and counted by kind in `stats.faults`, and only checked replies
+are stored, each as it arrives, so an interrupted run resumes where it stopped and a bad reply
+never becomes an example. A request whose retries run out, and endpoint-wide failures (bad key,
+unknown model), stop the run with a message saying what to fix: a dataset missing an example
+would be short.
 """
 
 from __future__ import annotations
@@ -19,11 +23,15 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import openai
-from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
-
 from axflow.calls import CallCache
-from axflow.lm.openai_compat import api_key, endpoint_error, is_transient
+from axflow.lm.openai_compat import (
+    Faults,
+    chat_completion,
+    check_no_secrets,
+    client_for,
+    endpoint_error,
+    redacted,
+)
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +59,7 @@ class GeneratorStats:
     retries: int = 0
     cost_usd: float = 0.0
     seconds: float = 0.0
+    faults: dict[str, int] = field(default_factory=dict)  # failed attempts by kind (retried)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -170,23 +179,20 @@ class OpenAIGenerator(CachedGenerator):
     def __init__(self, cfg: dict[str, Any], cache: CallCache) -> None:
         from axflow.judge import config_from_dict
 
+        check_no_secrets(cfg, "generator")
         self.cfg: OpenAIGeneratorConfig = config_from_dict(
             OpenAIGeneratorConfig, cfg, cfg.get("name", "openai"), group="generator"
         )
         self.model_id = self.cfg.model
         self.temperature = self.cfg.temperature
+        self._faults = Faults()
         super().__init__(cache)
 
     def _generate(self, requests: list[ChatRequest], params: list[dict]) -> list[_Reply]:
         return asyncio.run(self._generate_all(requests, params))
 
     async def _generate_all(self, requests, params) -> list[_Reply]:
-        client = openai.AsyncOpenAI(
-            base_url=self.cfg.base_url,
-            api_key=api_key(self.cfg.api_key_env),
-            timeout=self.cfg.timeout_s,
-            max_retries=0,  # tenacity below owns retries
-        )
+        client = client_for(self.cfg)
         gate = asyncio.Semaphore(self.cfg.max_concurrency)
         try:
             tasks = [
@@ -202,31 +208,23 @@ class OpenAIGenerator(CachedGenerator):
                 raise
         finally:
             await client.close()
+            self.stats.retries = self._faults["retries"]
+            self.stats.faults = {k: v for k, v in self._faults.as_dict().items() if k != "retries"}
 
     async def _one(self, client, gate, request: ChatRequest, params: dict) -> _Reply:
         cfg = self.cfg
-
-        def count_retry(_state) -> None:
-            self.stats.retries += 1
-
         async with gate:
             try:
-                async for attempt in AsyncRetrying(
-                    stop=stop_after_attempt(cfg.transport_retries + 1),
-                    wait=wait_exponential(multiplier=cfg.backoff_s, max=cfg.backoff_max_s),
-                    retry=retry_if_exception(is_transient),
-                    before_sleep=count_retry,
-                    reraise=True,
-                ):
-                    with attempt:
-                        response = await client.chat.completions.create(
-                            model=cfg.model,
-                            messages=[{"role": "user", "content": request.user}],
-                            temperature=params["temperature"],
-                            max_tokens=params["max_tokens"],
-                            seed=params["seed"],
-                            extra_body=cfg.extra or None,
-                        )
+                reply = await chat_completion(
+                    client,
+                    cfg,
+                    self._faults,
+                    request.user,
+                    temperature=params["temperature"],
+                    max_tokens=params["max_tokens"],
+                    seed=params["seed"],
+                    extra_body=cfg.extra or None,
+                )
             except Exception as err:
                 fatal = endpoint_error(
                     err,
@@ -237,25 +235,19 @@ class OpenAIGenerator(CachedGenerator):
                     attempts=cfg.transport_retries + 1,
                 )
                 if fatal is not None:
-                    raise fatal from err
+                    raise fatal from None  # the error body may echo the key: not in the log
                 raise GenerationError(
-                    f"the generator endpoint {cfg.base_url} rejected a request ({err}); the "
-                    f"message began {request.user[:80]!r}. Lower dataset.response_tokens or use "
-                    "a model with a longer context."
-                ) from err
-        text = response.choices[0].message.content or "" if response.choices else ""
-        self.cache.put(self.model_id, params, request.user, text)
-        usage = response.usage
-        reply = _Reply(
-            text,
-            prompt_tokens=getattr(usage, "prompt_tokens", 0) or 0,
-            completion_tokens=getattr(usage, "completion_tokens", 0) or 0,
-        )
+                    f"the generator endpoint {cfg.base_url} rejected a request "
+                    f"({redacted(err, cfg.api_key_env)}); the message began "
+                    f"{request.user[:80]!r}. Lower dataset.response_tokens or use a model with a "
+                    "longer context."
+                ) from None
+        self.cache.put(self.model_id, params, request.user, reply.text)
         self.stats.cost_usd += (
             reply.prompt_tokens * cfg.price_input_per_mtok
             + reply.completion_tokens * cfg.price_output_per_mtok
         ) / 1e6
-        return reply
+        return _Reply(reply.text, reply.prompt_tokens, reply.completion_tokens)
 
 
 class GenerationError(RuntimeError):

@@ -1,36 +1,52 @@
 """AxBench's judge protocol against any OpenAI-compatible chat endpoint (OpenAI, `vllm serve`, ...).
 
 Each generation gets three separate single-turn prompts (concept, instruction, fluency; see
-`rubric.py`). Transient transport errors (connection, timeout, 408/409/429/5xx) are retried with
-exponential backoff; an unparseable reply is asked again up to `max_retries` times and then counts
-as a failure (sub-score None). Authentication and not-found errors, and transient errors that
-outlast the retries, stop the run with a message naming the endpoint, since every later call would
-fail the same way. With `unparseable: zero` (AxBench; protocol=axbench) the first reply is final
-and one without a valid rating scores 0, as AxBench's parser does (no re-ask, no failure counted;
-a request the endpoint rejects scores 0 too).
+`rubric.py`), sent concurrently (asyncio, at most `max_concurrency` in flight). Transport faults
+(connection refused, timeouts, 408/409/429/5xx with Retry-After honoured, cut-off JSON, no
+`choices`, a reply for another model) are retried with exponential backoff by
+`openai_compat.chat_completion`; a prompt whose retries run out is a counted failure (sub-score
+None), never 0. An unparseable reply is asked again up to `max_retries` times and then counts as
+a failure too. What stops the run: a refused key or an unknown model, the endpoint staying
+unreachable or answering for another model, or `GIVE_UP_AFTER` prompts in a row running out of
+retries, since every later call would fail the same way. With `unparseable: zero` (AxBench;
+protocol=axbench) the first reply is final and one without a valid rating scores 0, as AxBench's
+parser does (no re-ask, no failure counted; a request the endpoint rejects scores 0 too).
 
-Every reply is stored in the CallCache under (model, {temperature, max_tokens, attempt}, prompt).
-The attempt number is part of the key, so a rerun replays the same transcript, re-asks included,
-with no HTTP calls, while a larger `max_retries` draws fresh samples only for the new attempts.
-The key names the model, not the endpoint: a local server should serve its model under a name that
-says what it is (`vllm serve ... --served-model-name`).
+Every checked reply is stored in the CallCache under (model, {temperature, max_tokens, attempt},
+prompt); failed attempts are not. The attempt number is part of the key, so a rerun replays the
+same transcript, re-asks included, with no HTTP calls, while a larger `max_retries` draws fresh
+samples only for the new attempts. The key names the model, not the endpoint: a local server
+should serve its model under a name that says what it is (`vllm serve ... --served-model-name`).
+`stats` counts prompts, cache hits, calls and failed attempts per kind; the job log shows them.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import openai
-from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from axflow.judge import CallCache, JudgeItem, Rating, config_from_dict, register_judge
 from axflow.judge.rubric import ASPECTS, judge_prompt, parse_rating
-from axflow.lm.openai_compat import EndpointError, api_key, endpoint_error, is_transient
+from axflow.lm.openai_compat import (
+    EndpointError,
+    Faults,
+    chat_completion,
+    check_no_secrets,
+    client_for,
+    endpoint_error,
+    fault_kind,
+    redacted,
+)
 
 log = logging.getLogger(__name__)
+
+# Prompts in a row whose retries ran out before the judge stops: the endpoint is down, not one
+# prompt unlucky.
+GIVE_UP_AFTER = 8
 
 
 @dataclass
@@ -44,10 +60,10 @@ class OpenAIJudgeConfig:
     api_key_env: str = "OPENAI_API_KEY"  # unset is fine for local servers
     max_concurrency: int = 16
     max_retries: int = 2  # re-asks after an unparseable reply
-    transport_retries: int = 6  # retries of one request after a transient error
+    transport_retries: int = 6  # retries of one request after a transient fault
     backoff_s: float = 1.0  # first wait; doubles per retry up to backoff_max_s
-    backoff_max_s: float = 60.0
-    timeout_s: float = 120.0
+    backoff_max_s: float = 60.0  # also the longest Retry-After honoured
+    timeout_s: float = 120.0  # deadline of one attempt, however slowly its reply trickles in
     unparseable: str = "fail"  # fail: re-ask, then a counted failure; zero: score 0 (AxBench)
 
     def __post_init__(self) -> None:
@@ -67,6 +83,21 @@ UNPARSEABLE = ("fail", "zero")
 JudgeEndpointError = EndpointError
 
 
+@dataclass
+class JudgeStats:
+    """What the judge did in this run: prompts, cache hits, calls, failures and faults."""
+
+    prompts: int = 0
+    cached: int = 0
+    calls: int = 0
+    unparseable: int = 0  # replies without a valid rating
+    failed: int = 0  # sub-scores not obtained (None)
+    faults: Faults | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "faults": (self.faults or Faults()).as_dict()}
+
+
 @register_judge("openai")
 class OpenAIJudge:
     """LLM judge over an OpenAI-compatible endpoint; `model_dir` is not used."""
@@ -76,36 +107,23 @@ class OpenAIJudge:
     def __init__(
         self, cfg: dict[str, Any], *, model_dir: str | None = None, cache: CallCache
     ) -> None:
+        check_no_secrets(cfg, "judge")
         self.cfg: OpenAIJudgeConfig = config_from_dict(OpenAIJudgeConfig, cfg, "openai")
         self.cache = cache
-        self._client = openai.OpenAI(
-            base_url=self.cfg.base_url,
-            api_key=api_key(self.cfg.api_key_env),
-            timeout=self.cfg.timeout_s,
-            max_retries=0,  # tenacity below owns retries
-        )
+        self.stats = JudgeStats(faults=Faults())
+        self._spent_in_a_row = 0
 
     def describe(self) -> dict[str, Any]:
         """The resolved configuration, for results provenance (no secrets)."""
         return {"name": self.name, **asdict(self.cfg)}
 
     def rate(self, items: list[JudgeItem]) -> list[Rating]:
-        """One Rating per item; a sub-score that stays unparseable is None and counts a failure."""
-        tasks = [(k, aspect) for k in range(len(items)) for aspect in ASPECTS]
-        scores: dict[tuple[int, str], float | None] = {}
-        pool = ThreadPoolExecutor(max_workers=self.cfg.max_concurrency)
-        try:
-            futures = {
-                pool.submit(self._score, items[k], aspect): (k, aspect) for k, aspect in tasks
-            }
-            for future, task in futures.items():
-                scores[task] = future.result()
-        finally:
-            # On an endpoint error, drop the queued calls instead of failing each in turn.
-            pool.shutdown(wait=True, cancel_futures=True)
+        """One Rating per item; a sub-score that could not be obtained is None and counts a
+        failure."""
+        scores = asyncio.run(self._rate(items))
         ratings = []
         for k in range(len(items)):
-            c, i, f = (scores[(k, aspect)] for aspect in ASPECTS)
+            c, i, f = scores[3 * k : 3 * k + 3]
             ratings.append(
                 Rating(
                     concept_score=c,
@@ -115,12 +133,44 @@ class OpenAIJudge:
                     failures=sum(s is None for s in (c, i, f)),
                 )
             )
+        st = self.stats
+        log.info(
+            "judge %s: %d prompts, %d replies from the call cache, %d calls, %d unparseable "
+            "replies, %d sub-scores failed; failed attempts by kind: %s",
+            self.cfg.model,
+            st.prompts,
+            st.cached,
+            st.calls,
+            st.unparseable,
+            st.failed,
+            st.as_dict()["faults"] or "none",
+        )
         return ratings
 
-    def _score(self, item: JudgeItem, aspect: str) -> float | None:
+    async def _rate(self, items: list[JudgeItem]) -> list[float | None]:
+        client = client_for(self.cfg)
+        gate = asyncio.Semaphore(self.cfg.max_concurrency)
+        try:
+            tasks = [
+                asyncio.ensure_future(self._score(client, gate, item, aspect))
+                for item in items
+                for aspect in ASPECTS
+            ]
+            try:
+                return list(await asyncio.gather(*tasks))
+            except BaseException:
+                for t in tasks:  # an endpoint-wide error: drop the queued calls
+                    t.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                raise
+        finally:
+            await client.close()
+
+    async def _score(self, client, gate, item: JudgeItem, aspect: str) -> float | None:
         prompt = judge_prompt(
             aspect, concept=item.concept, instruction=item.instruction, generation=item.generation
         )
+        self.stats.prompts += 1
         zero = self.cfg.unparseable == "zero"
         attempts = 1 if zero else self.cfg.max_retries + 1
         for attempt in range(attempts):
@@ -130,14 +180,22 @@ class OpenAIJudge:
                 "attempt": attempt,
             }
             reply = self.cache.get(self.cfg.model, params, prompt)
-            if reply is None:
-                reply = self._complete(prompt)
-                if reply is None:
-                    return 0.0 if zero else None
+            if reply is not None:
+                self.stats.cached += 1
+            else:
+                try:
+                    async with gate:
+                        reply = await self._complete(client, prompt)
+                except Unanswered as err:  # a failure; AxBench scores a rejected request 0
+                    if zero and err.rejected:
+                        return 0.0
+                    self.stats.failed += 1
+                    return None
                 self.cache.put(self.cfg.model, params, prompt, reply)
             score = parse_rating(reply)
             if score is not None:
                 return score
+            self.stats.unparseable += 1
         if zero:
             log.warning(
                 "judge %s gave no valid rating for the %s prompt; scored 0 (unparseable=zero); "
@@ -147,6 +205,7 @@ class OpenAIJudge:
                 reply[-120:],
             )
             return 0.0
+        self.stats.failed += 1
         log.warning(
             "judge %s gave no valid rating for the %s prompt after %d attempts; last reply "
             "ends with %r",
@@ -157,37 +216,60 @@ class OpenAIJudge:
         )
         return None
 
-    def _complete(self, prompt: str) -> str | None:
-        """The reply text, or None if the endpoint rejects this one request (e.g. too long)."""
-        retrying = Retrying(
-            stop=stop_after_attempt(self.cfg.transport_retries + 1),
-            wait=wait_exponential(multiplier=self.cfg.backoff_s, max=self.cfg.backoff_max_s),
-            retry=retry_if_exception(is_transient),
-            reraise=True,
-        )
+    async def _complete(self, client: openai.AsyncOpenAI, prompt: str) -> str:
+        """The reply text; raises Unanswered when this one prompt got none, EndpointError when no
+        prompt will."""
+        cfg = self.cfg
         try:
-            response = retrying(
-                self._client.chat.completions.create,
-                model=self.cfg.model,
-                messages=[{"role": "user", "content": prompt}],
-                temperature=self.cfg.temperature,
-                max_tokens=self.cfg.max_tokens,
+            reply = await chat_completion(
+                client,
+                cfg,
+                self.stats.faults,
+                prompt,
+                temperature=cfg.temperature,
+                max_tokens=cfg.max_tokens,
             )
         except Exception as err:
             fatal = endpoint_error(
                 err,
                 group="judge",
-                base_url=self.cfg.base_url,
-                model=self.cfg.model,
-                api_key_env=self.cfg.api_key_env,
-                attempts=self.cfg.transport_retries + 1,
+                base_url=cfg.base_url,
+                model=cfg.model,
+                api_key_env=cfg.api_key_env,
+                attempts=cfg.transport_retries + 1,
             )
-            if fatal is not None:
-                raise fatal from err
-            if isinstance(err, openai.APIStatusError):
-                log.warning("judge request rejected (%s): %s", err.status_code, err)
-                return None
-            raise
-        if not response.choices:
-            return ""
-        return response.choices[0].message.content or ""
+            if isinstance(err, openai.APIStatusError) and fatal is None:
+                log.warning(
+                    "judge request rejected (%s): %s",
+                    err.status_code,
+                    redacted(err, cfg.api_key_env),
+                )
+                raise Unanswered(rejected=True) from err
+            if fatal is None:
+                raise
+            self._spent_in_a_row += 1
+            unreachable = fault_kind(err) in ("connection", "wrong_model")
+            auth = isinstance(err, openai.AuthenticationError | openai.PermissionDeniedError)
+            if unreachable or auth or isinstance(err, openai.NotFoundError):
+                raise fatal from None  # the body may echo the key: not in the job's log
+            if self._spent_in_a_row >= GIVE_UP_AFTER:
+                raise EndpointError(
+                    f"{fatal} {GIVE_UP_AFTER} prompts in a row ran out of retries."
+                ) from None
+            log.warning(
+                "judge %s: a prompt ran out of retries (%s); its sub-score is a counted failure",
+                cfg.model,
+                fault_kind(err),
+            )
+            raise Unanswered(rejected=False) from None
+        self._spent_in_a_row = 0
+        self.stats.calls += 1
+        return reply.text
+
+
+class Unanswered(Exception):
+    """A prompt got no reply: the endpoint rejected it (`rejected`) or its retries ran out."""
+
+    def __init__(self, *, rejected: bool) -> None:
+        super().__init__("rejected" if rejected else "retries spent")
+        self.rejected = rejected
