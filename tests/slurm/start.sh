@@ -136,6 +136,8 @@ SelectTypeParameters=CR_Core_Memory
 AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=127.0.0.1
 AccountingStoragePort=$DBD_PORT
+# sacct shows each job's --comment, where the Snakemake plugin writes the rule's name.
+AccountingStoreFlags=job_comment
 JobCompType=jobcomp/none
 MpiDefault=none
 ReturnToService=2
