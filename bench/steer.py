@@ -51,7 +51,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     from axflow.data.sources import load_instruction_pool
     from axflow.lm.generate import GenerationRequest, generate
-    from axflow.lm.models import load_model, prepare_model
+    from axflow.lm.models import hidden_size, load_model, prepare_model
     from axflow.lm.prompts import format_prompt
     from axflow.lm.vllm_engine import VLLMEngine
 
@@ -64,7 +64,7 @@ def main() -> None:
     t = time.perf_counter()
     lm = load_model(model_dir, dtype="float32")
     hf_start = time.perf_counter() - t
-    d = lm.model.config.get_text_config().hidden_size
+    d = hidden_size(lm.model)
     pool = load_instruction_pool(None)["instruction"].to_list()
     rng = np.random.default_rng(0)
     units = rng.standard_normal((args.concepts, d)).astype(np.float32)

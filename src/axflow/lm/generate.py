@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from axflow.lm.models import LoadedModel
+from axflow.lm.models import LoadedModel, hidden_size
 from axflow.lm.residual import add_to_residual
 
 
@@ -38,7 +38,7 @@ def generate(
     """Sample a continuation for each request (greedy when temperature == 0)."""
     tok = lm.tokenizer
     chat = lm.chat if chat is None else chat
-    d = lm.model.config.get_text_config().hidden_size
+    d = hidden_size(lm.model)
     stop_ids = _stop_token_ids(lm)
     encoded = [tok(r.prompt, add_special_tokens=not chat)["input_ids"] for r in requests]
     order = sorted(range(len(requests)), key=lambda k: len(encoded[k]))

@@ -131,13 +131,41 @@ class LoadedModel:
     @property
     def layers(self) -> Any:
         """The decoder blocks, whose outputs are the residual stream."""
-        inner = getattr(self.model, "model", self.model)
-        inner = getattr(inner, "language_model", inner)
-        return inner.layers
+        return decoder_layers(self.model)
 
     @property
     def device(self) -> Any:
         return next(self.model.parameters()).device
+
+
+def hidden_size(model: Any) -> int:
+    """Width of the residual stream of a transformers model, or of its config.
+
+    Multimodal models (Gemma 3) answer for their text model, whose residual stream is steered.
+    """
+    config = getattr(model, "config", model)
+    return int(config.get_text_config().hidden_size)
+
+
+def decoder_layers(model: Any) -> Any:
+    """The decoder blocks, whose outputs are the residual stream, of a causal LM.
+
+    Works for transformers and vLLM models alike: the blocks are `model.model.layers` in
+    Llama-like models, one or two levels deeper (`language_model`, then `model`) in multimodal
+    ones; the first object on that path that has `layers` holds them.
+    """
+    inner = model
+    for attr in ("model", "language_model", "model"):
+        if hasattr(inner, "layers"):
+            break
+        inner = getattr(inner, attr, inner)
+    if not hasattr(inner, "layers"):
+        raise AttributeError(
+            f"{type(model).__name__} has no decoder blocks at .model.layers, "
+            ".model.language_model.layers or .language_model.model.layers, where axflow looks "
+            "for the residual stream; use a causal LM laid out like Llama or Gemma"
+        )
+    return inner.layers
 
 
 def load_model(prepared: Path, *, dtype: str = "float32", chat: bool = True) -> LoadedModel:

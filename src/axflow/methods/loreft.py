@@ -40,6 +40,7 @@ import torch
 from torch import nn
 
 from axflow.lm.finetune import frozen
+from axflow.lm.models import hidden_size
 from axflow.lm.residual import edit_residual
 from axflow.methods import TokenBatch, register
 from axflow.methods._finetune import (
@@ -123,7 +124,7 @@ class LoReFT(FinetunedModel):
         cfg, lm = self.cfg, self.runtime.lm
         positives = positives_of(data, method="loreft", concept=concept)
         layers = self.layers()
-        d = lm.model.config.get_text_config().hidden_size
+        d = hidden_size(lm.model)
         with seeded(seed):
             interventions = nn.ModuleList(LoreftIntervention(d, cfg.rank) for _ in layers)
         interventions.to(lm.device)
