@@ -130,8 +130,13 @@ SCHEMAS: dict[str, pa.Schema] = {
 }
 
 
-class SchemaError(ValueError):
-    """A Parquet file does not match the schema its reader expects."""
+class InputError(ValueError):
+    """An input or artefact cannot be used; the message names the file, what is wrong and the
+    fix, so a job stops with it alone (`axflow.stages.main`), without a traceback."""
+
+
+class SchemaError(InputError):
+    """A Parquet file does not match the schema its reader expects, or cannot be read."""
 
 
 @contextmanager
@@ -188,7 +193,15 @@ def write_table(table: pa.Table | Any, path: str | os.PathLike, schema: str) -> 
 
 def read_table(path: str | os.PathLike, schema: str, columns: list[str] | None = None) -> pa.Table:
     """Read a Parquet artefact and check it against the named schema."""
-    table = pq.read_table(path, columns=columns)
+    try:
+        table = pq.read_table(path, columns=columns)
+    except FileNotFoundError:
+        raise
+    except (pa.ArrowInvalid, OSError) as err:  # cut short, overwritten, or not Parquet at all
+        raise SchemaError(
+            f"{path}: not a readable Parquet file ({err}); it was damaged after it was written: "
+            "delete it and rerun the workflow, which writes it again"
+        ) from err
     expected = SCHEMAS[schema]
     if columns is not None:
         expected = pa.schema([expected.field(c) for c in columns])

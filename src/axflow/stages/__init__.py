@@ -65,9 +65,15 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     import torch
 
+    from axflow.store import InputError
+
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     log.info("stage %s", spec["stage"])
     t0 = time.time()
-    stage_function(spec["stage"])(spec)
+    try:
+        stage_function(spec["stage"])(spec)
+    except InputError as err:  # it names the file and the fix: the message is the report
+        log.error("%s", err)
+        sys.exit(1)
     log.info("stage %s done in %.1fs", spec["stage"], time.time() - t0)
