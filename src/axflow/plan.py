@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from axflow.config import ConfigError, check_inputs, compose
+from axflow.checks import check_inputs
+from axflow.config import ConfigError, compose
 from axflow.layout import stage_key
 
 

@@ -36,6 +36,9 @@ INSTRUCTION_ALIASES = ("instruction", "input")
 SEED_TEXT_ALIASES = ("instruction", "question", "prompt")
 SEED_CONTEXT_COLUMNS = ("context", "input")
 MAX_SEED_CHARS = 500
+# A concept is a short description (AxBench's are a phrase; ConceptFD's a few sentences); a longer
+# one is a file with lost line breaks or the wrong column, and would flood every prompt.
+MAX_CONCEPT_CHARS = 2000
 # A Neuronpedia "explanations" export: one object per (model, SAE, feature) explanation.
 NEURONPEDIA_FIELDS = ("modelId", "layer", "index")
 NEURONPEDIA_URL = "https://www.neuronpedia.org/{}/{}/{}"  # modelId, layer, index
@@ -75,6 +78,7 @@ def load_concepts(path: PathLike | None = None, default_genre: str = "text") -> 
     df = df.with_columns(text.str.replace_all(r"\s+", " "))
     df = df.rename({concept_col: "concept"}) if concept_col != "concept" else df
     _reject_urls(df, source)
+    _reject_long(df, "concept", MAX_CONCEPT_CHARS, source, what="concept description")
     if all(c in df.columns for c in NEURONPEDIA_FIELDS):
         df = _neuronpedia_features(df, source)
     _reject_duplicates(df, ["concept"], source, what="concept")
@@ -342,6 +346,7 @@ def read_records(
                 f"type per field."
             ) from err
     elif suffix == ".csv":
+        _read_utf8(path)  # polars' own message would not say how to fix the encoding
         try:
             df = pl.read_csv(path, infer_schema=False)
         except pl.exceptions.PolarsError as err:
@@ -357,7 +362,7 @@ def read_records(
             raise DataError(f"{path}: not a readable Parquet file ({err}).") from err
         where = [f"row {i + 1}" for i in range(df.height)]
     else:  # .txt
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = _read_utf8(path).splitlines()
         kept = [(i, s) for i, s in enumerate(lines) if s.strip()]
         df = pl.DataFrame({text_column: [s for _, s in kept]}, schema={text_column: pl.String})
         where = [f"line {i + 1}" for i, _ in kept]
@@ -366,8 +371,20 @@ def read_records(
     return df.with_columns(pl.Series(_WHERE, where, dtype=pl.String))
 
 
+def _read_utf8(path: Path) -> str:
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise DataError(
+            f"{path}: line {line} is not UTF-8 text (byte 0x{data[err.start]:02x}); save the "
+            f"file as UTF-8 (e.g. `iconv -f latin1 -t utf-8 old > new`)."
+        ) from None
+
+
 def _read_json_records(path: Path, *, jsonl: bool) -> tuple[list[dict], list[str]]:
-    text = path.read_text(encoding="utf-8")
+    text = _read_utf8(path)
     records: list[dict] = []
     where: list[str] = []
     if jsonl:
@@ -525,6 +542,18 @@ def _neuronpedia_features(df: pl.DataFrame, source: Path) -> pl.DataFrame:
     if "sae_id" not in keyed.columns:
         keyed = keyed.with_columns(pl.col("index").alias("sae_id"))
     return keyed
+
+
+def _reject_long(df: pl.DataFrame, column: str, limit: int, source: Path, *, what: str) -> None:
+    lengths = df.get_column(column).str.len_chars()
+    long = lengths > limit
+    if long.any():
+        i = int(long.arg_true()[0])
+        raise DataError(
+            f"{source}: {df.get_column(_WHERE)[i]} has a {what} of {lengths[i]} characters "
+            f"({int(long.sum())} such row(s)), over the {limit} allowed in '{column}'; shorten "
+            f"it, or check that the file holds one {what} per line or row."
+        )
 
 
 def _reject_urls(df: pl.DataFrame, source: Path) -> None:

@@ -5,13 +5,15 @@ Every failure is a `DataError` whose message names the file (or source), the fie
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Mapping
 from typing import Literal
 
 import polars as pl
 import pyarrow as pa
+import pyarrow.parquet as pq
 
-from axflow.store import SCHEMAS
+from axflow.store import SCHEMAS, InputError
 
 GENRES = ("text", "code", "math")
 POOL_SPLITS = ("train", "test")
@@ -24,7 +26,7 @@ SHARED_NEGATIVE_ID = -1
 SHARED_NEGATIVE_CONCEPT = "EEEEE"
 
 
-class DataError(ValueError):
+class DataError(InputError):
     """Input data is missing, malformed or inconsistent; the message says where and what to do."""
 
 
@@ -65,6 +67,45 @@ def conform(df: pl.DataFrame, schema: str, source: str) -> pl.DataFrame:
             f"{source}: columns cannot be converted to the '{schema}' schema {types}: {err}"
         ) from err
     return pl.from_arrow(table)
+
+
+def check_parquet_schema(path: str | os.PathLike, schema: str) -> None:
+    """Check a Parquet file's footer against a store.py schema without reading its rows: the file
+    opens, has every column, and each column's type holds the schema's (text as text, whole
+    numbers as integers), so an imported table's layout fails when the DAG is planned."""
+    try:
+        found = pq.read_schema(path)
+    except (pa.ArrowException, OSError) as err:
+        raise DataError(
+            f"{path}: not a readable Parquet file ({err}); copy or export it again."
+        ) from err
+    target: pa.Schema = SCHEMAS[schema]
+    missing = [name for name in target.names if name not in found.names]
+    if missing:
+        raise DataError(
+            f"{path}: missing column(s) {missing} (found {found.names}); the '{schema}' table "
+            f"needs {target.names}, so re-export the file with them."
+        )
+    for field in target:
+        have = found.field(field.name).type
+        if pa.types.is_dictionary(have):
+            have = have.value_type
+        if not _same_kind(have, field.type):
+            raise DataError(
+                f"{path}: column '{field.name}' has type {have}, but the '{schema}' table needs "
+                f"{field.type}; re-export the file with '{field.name}' as {field.type}."
+            )
+
+
+def _same_kind(have: pa.DataType, want: pa.DataType) -> bool:
+    t = pa.types
+    if t.is_string(want):
+        return t.is_string(have) or t.is_large_string(have) or t.is_string_view(have)
+    if t.is_integer(want):
+        return t.is_integer(have)
+    if t.is_floating(want):
+        return t.is_floating(have) or t.is_integer(have)
+    return have.equals(want)
 
 
 def validate_examples(
