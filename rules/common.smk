@@ -3,7 +3,9 @@
 # stage's resolved config slice.
 import json
 import re
+import sys
 
+from axflow.checks import PLANNING_ERRORS, planning_error
 from axflow.codeversion import code_digest
 from axflow.config import overrides_from_snakemake
 from axflow.layout import Layout, report_input, stage_key
@@ -14,7 +16,10 @@ from axflow.stages import stage_module
 
 # A plain override list is a one-cell sweep; a Hydra sweep (`model.layer=6,12`) has one cell per
 # point, and equal stage slices across cells are one job (content-addressed keys).
-SWEEP = make_sweep(overrides_from_snakemake(config))
+try:
+    SWEEP = make_sweep(overrides_from_snakemake(config))
+except PLANNING_ERRORS as err:  # the message names key, file and fix; no traceback
+    sys.exit(planning_error(err))
 CELLS = {cell.path: cell for cell in SWEEP.cells}
 CFG = SWEEP.cells[0].plan.cfg  # results_dir and cache_dir cannot be swept
 RES = CFG["results_dir"]

@@ -15,6 +15,7 @@ import sys
 
 from hydra.errors import HydraException
 
+from axflow.checks import planning_error
 from axflow.config import ConfigError
 from axflow.layout import REPO_ROOT
 from axflow.plan import make_sweep
@@ -33,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         sweep = make_sweep(args.overrides)  # fail fast, before snakemake starts
     except (ConfigError, HydraException) as err:  # Hydra's own message: unknown key or group
-        print(err, file=sys.stderr)
+        print(planning_error(err), file=sys.stderr)
         return 2
     if args.cmd == "config":
         if not sweep.is_grid:
