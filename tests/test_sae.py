@@ -7,8 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from axflow.lm.sae import SparseAutoencoder, train_topk
+from axflow.lm.sae import SparseAutoencoder
 from axflow.methods import TokenBatch, Unmatched, build_method, method_class
+from axflow.methods._sae_training import train_topk
 from axflow.metrics.detection import max_pool, roc_auc
 
 LAYER = 10

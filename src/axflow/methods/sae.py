@@ -8,8 +8,8 @@ max-pooled activation per training example has the best ROC AUC against the labe
 
 Here the SAE is loaded from a local directory (`source: load`; GemmaScope `params.npz` or a SAELens
 folder, see `axflow.lm.sae`) or trained in `setup` on every training token of every concept
-(`source: train`, a TopK SAE, Gao et al. 2024), so the default experiment has SAE rows without a
-download. Departures:
+(`source: train`, a TopK SAE, Gao et al. 2024, see `_sae_training.py`), so the default experiment
+has SAE rows without a download. Departures:
 
 - `sae`, `latent: max_diff` (default): the latent is AxBench's `GemmaScopeSAEMaxDiff` choice,
   the largest difference between the positives' and negatives' mean activation (token mean per
@@ -43,8 +43,9 @@ from typing import ClassVar
 import numpy as np
 from scipy.stats import rankdata
 
-from axflow.lm.sae import SparseAutoencoder, TrainLog, train_topk
+from axflow.lm.sae import SparseAutoencoder
 from axflow.methods import Method, TokenBatch, Unmatched, register
+from axflow.methods._sae_training import TrainLog, train_topk
 
 log = logging.getLogger(__name__)
 
