@@ -8,10 +8,17 @@ import sys
 from axflow.checks import PLANNING_ERRORS, planning_error
 from axflow.codeversion import code_digest
 from axflow.config import overrides_from_snakemake
-from axflow.layout import Layout, report_input, stage_key
+from axflow.layout import (
+    Layout,
+    judge_validity_record,
+    report_input,
+    report_templates,
+    stage_key,
+)
 from axflow.plan import detect_slice, make_sweep
 from axflow.data.shards import dataset_scope
 from axflow.methods import method_class
+from axflow.protocol.steering import uses_strength
 from axflow.stages import stage_module
 
 # A plain override list is a one-cell sweep; a Hydra sweep (`model.layer=6,12`) has one cell per
@@ -149,7 +156,7 @@ def steer_inputs(wildcards):
     }
     train = slice_of("train", tkey)
     method = method_class(train["method"]["kind"])
-    if method.detects and method.steering == "add":
+    if uses_strength(method):
         # Strength = factor x the concept's max detection activation (explicit dependency).
         dkey = stage_key(detect_slice(train))
         inputs["detect_metrics"] = detect_path(wildcards.method, dkey, "metrics")
@@ -172,6 +179,10 @@ def report_inputs(wildcards):
         report_input("data_stats", s.index): LAYOUT.data_stats(s.data_key)
         for s in plan.shards
     }
+    for s in plan.shards:  # example rows of the report page
+        for split in ("train", "detect_eval"):
+            name = report_input("examples", s.index, split)
+            inputs[name] = data_path(s.data_key, split)
     for m in plan.methods:
         for s, tkey in enumerate(m.train_keys):
             inputs[report_input("params", s, m.name)] = train_path(m.name, tkey)
@@ -180,8 +191,14 @@ def report_inputs(wildcards):
                 inputs[report_input(what, s, m.name)] = detect_path(m.name, dkey, what)
         for s, jkey in enumerate(m.judge_keys):
             inputs[report_input("ratings", s, m.name)] = judge_path(m.name, jkey)
+        for s, skey in enumerate(m.steer_keys):
+            inputs[report_input("generations", s, m.name)] = steer_path(m.name, skey)
     for i, (rule, name) in enumerate(sorted(timed_jobs(plan))):
         inputs[report_input("bench", i, rule)] = bench_path(rule, name)
+    for i, path in enumerate(report_templates()):
+        inputs[report_input("template", i)] = path
+    if judge_validity_record(plan.cfg).exists():
+        inputs[report_input("judge_validity", 0)] = str(judge_validity_record(plan.cfg))
     return inputs
 
 

@@ -161,7 +161,7 @@ def test_max_f1_finds_the_best_threshold_by_hand():
 
 def test_imbalanced_pool_lowers_f1_of_a_weak_scorer():
     """100 negatives per positive: a scorer overlapping the pool loses F1, a clean one keeps it."""
-    from axflow.report.leaderboard import imbalanced_f1
+    from axflow.protocol.detection import imbalanced_f1
 
     rng = np.random.default_rng(0)
     scores = pl.DataFrame(

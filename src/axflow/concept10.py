@@ -23,6 +23,7 @@ import numpy as np
 import polars as pl
 
 from axflow.methods import Example, TokenBatch
+from axflow.protocol.training import concept_rows
 from axflow.store import atomic_dir
 
 SHARED_DATA = Path(
@@ -95,17 +96,21 @@ class Concept10Acts:
 
     def train_batch(self, concept_id: int, layer: int) -> TokenBatch:
         """The concept's 72 positives plus the 72 shared negatives of its genre."""
-        rows = self.train.rows.filter(
-            (pl.col("concept_id") == concept_id)
-            | ((pl.col("concept_id") == -1) & (pl.col("concept_genre") == self.genres[concept_id]))
+        all_rows = self.train.rows
+        picked, positive = concept_rows(
+            all_rows["concept_id"].to_numpy(),
+            all_rows["category"].to_numpy(),
+            all_rows["concept_genre"].to_numpy(),
+            concept_id,
+            self.genres[concept_id],
         )
-        positive = (rows["concept_id"] == concept_id).to_numpy()
+        rows = all_rows[picked]
         idx = self.train.tokens_of(rows["row"].to_numpy())
         example = self.train.example[idx]
         label = positive[np.searchsorted(rows["row"].to_numpy(), example)].astype(np.int8)
         examples = [
-            Example(r["row"], r["input"], r["output"], int(r["concept_id"] == concept_id))
-            for r in rows.sort("row").iter_rows(named=True)
+            Example(r["row"], r["input"], r["output"], int(pos))
+            for r, pos in zip(rows.iter_rows(named=True), positive, strict=True)
         ]
         return TokenBatch(
             acts=self.train.acts[layer][idx], example=example, label=label, examples=examples
@@ -132,18 +137,17 @@ class Concept10Acts:
     def held_out_aurocs(self, method, layer: int, seed: int = 42) -> dict[int, float]:
         """Per concept: fit on its train batch, ROC AUC of max-pooled scores on its eval rows
         (hard negatives left out), the benchmark's detection protocol."""
-        from axflow.metrics.detection import max_pool, roc_auc
+        from axflow.protocol.detection import concept_metrics, pooled_scores
 
         aurocs = {}
         for concept_id, concept in sorted(self.concepts.items()):
             params = method.fit(self.train_batch(concept_id, layer), concept=concept, seed=seed)
             token_acts, example, rows = self.eval_tokens(concept_id, layer)
-            maxima, _ = max_pool(method.token_scores(params, token_acts), example)
+            by_id = dict(zip(rows["row"].to_list(), self.eval_examples(concept_id), strict=True))
+            _, maxima, _, _ = pooled_scores(method, params, token_acts, example, by_id, concept)
             assert len(maxima) == rows.height
-            category = rows["category"].to_numpy()
-            scored = category != "hard negative"
-            labels = (category[scored] == "positive").astype(int)
-            aurocs[concept_id] = roc_auc(labels, maxima[scored])
+            category = rows.sort("row")["category"].to_numpy()
+            aurocs[concept_id] = concept_metrics(category, maxima)["roc_auc"]
         return aurocs
 
 

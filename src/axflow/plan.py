@@ -18,6 +18,7 @@ from typing import Any
 from axflow.checks import check_inputs
 from axflow.config import ConfigError, compose
 from axflow.layout import stage_key
+from axflow.protocol.steering import uses_strength
 
 
 def _method_modules(cls: type) -> list[str]:
@@ -38,7 +39,7 @@ def stage_code(stage: str, method: type | None = None) -> str:
     modules = [stage_module(stage)]
     if method is not None:
         modules += _method_modules(method)
-        if stage == "steer" and method.detects and method.steering == "add":
+        if stage == "steer" and uses_strength(method):
             modules.append(stage_module("detect"))
     return code_digest(modules)
 

@@ -7,6 +7,7 @@ effects) and a rerun reproduces them exactly.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,7 +15,7 @@ import torch
 from tqdm import tqdm
 
 from axflow.lm.models import LoadedModel, hidden_size
-from axflow.lm.residual import add_to_residual
+from axflow.lm.residual import add_to_residual, edit_residual
 
 
 @dataclass
@@ -22,6 +23,8 @@ class GenerationRequest:
     prompt: str  # fully formatted (chat template already applied)
     seed: int
     delta: np.ndarray | None = None  # [d] added to the residual stream at every position
+    # Any other edit of this row's residual stream ([T, d] -> [T, d]), applied after `delta`.
+    edit: Callable[[torch.Tensor], torch.Tensor] | None = None
 
 
 @torch.no_grad()
@@ -59,13 +62,28 @@ def generate(
                 deltas[row] = torch.as_tensor(requests[k].delta, dtype=torch.float32)
         gens = [torch.Generator().manual_seed(int(requests[k].seed)) for k in batch]
         block = lm.layers[layer] if layer is not None else None
-        with add_to_residual(block, deltas.to(lm.device)) if block is not None else _null():
+        edits = [requests[k].edit for k in batch]
+        with (
+            add_to_residual(block, deltas.to(lm.device)) if block is not None else _null(),
+            edit_residual(block, _rowwise(edits)) if any(edits) else _null(),
+        ):
             new_tokens = _sample(lm, ids, mask, gens, stop_ids, max_new_tokens, temperature)
         for row, k in enumerate(batch):
             outputs[k] = tok.decode(new_tokens[row], skip_special_tokens=True).strip()
         progress.update(len(batch))
     progress.close()
     return outputs
+
+
+def _rowwise(edits: list) -> Callable[[torch.Tensor], torch.Tensor]:
+    """One batch edit from per-row edits (None leaves a row as it is)."""
+
+    def edit(h: torch.Tensor) -> torch.Tensor:
+        return torch.stack(
+            [e(row) if e is not None else row for e, row in zip(edits, h, strict=True)]
+        )
+
+    return edit
 
 
 class _null:

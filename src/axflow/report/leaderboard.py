@@ -19,9 +19,9 @@ import polars as pl
 
 from axflow import store
 from axflow.layout import method_inputs, run_inputs
-from axflow.metrics.detection import max_f1
 from axflow.metrics.steering import select_factor, winrate_points
 from axflow.metrics.uncertainty import Interval, bootstrap_mean, paired_difference
+from axflow.protocol.detection import imbalanced_f1
 
 SUB_SCORES = ["concept_score", "instruction_score", "fluency_score"]
 SCORES = [*SUB_SCORES, "overall"]
@@ -54,33 +54,6 @@ def steering_rows(ratings: pl.DataFrame) -> pl.DataFrame:
     test = test.filter(pl.col("chosen").is_null() | (pl.col("factor") == pl.col("chosen")))
     means = test.group_by("concept_id").agg([pl.col(c).mean() for c in SCORES])
     return chosen.join(means, on="concept_id", how="left").sort("concept_id")
-
-
-def imbalanced_f1(
-    scores: pl.DataFrame, pool: pl.DataFrame, factor: float, seed: int
-) -> tuple[pl.DataFrame, float]:
-    """Per concept, F1 at the best threshold of its positives against a shared negative pool.
-
-    AxBench §3.1: one pool of `factor` × (positives per concept) rows is drawn (with `seed`) from
-    every concept's "negative" eval rows, and each concept's scorer rates all of them. Small
-    datasets cannot reach the factor; the pool is then every negative and the achieved ratio is
-    returned with the table.
-    """
-    per_concept = scores.filter(pl.col("category") == "positive").group_by("concept_id").len()
-    n_pos = float(per_concept["len"].mean()) if per_concept.height else 0.0
-    ids = pool["example_id"].unique().sort()
-    size = min(len(ids), max(1, round(factor * n_pos)))
-    drawn = ids.sample(size, seed=seed) if size < len(ids) else ids
-    sampled = pool.filter(pl.col("example_id").is_in(drawn.implode()))
-    rows = []
-    for cid in scores["concept_id"].unique().sort().to_list():
-        pos = scores.filter((pl.col("concept_id") == cid) & (pl.col("category") == "positive"))
-        neg = sampled.filter(pl.col("concept_id") == cid)
-        labels = np.r_[np.ones(pos.height), np.zeros(neg.height)]
-        f1, thr = max_f1(labels, np.r_[pos["max_act"].to_numpy(), neg["max_act"].to_numpy()])
-        rows.append({"concept_id": cid, "imbalanced_f1": f1, "f1_threshold": thr})
-    ratio = size / n_pos if n_pos else 0.0
-    return pl.DataFrame(rows, infer_schema_length=None), ratio
 
 
 @dataclass

@@ -7,7 +7,6 @@ import logging
 import time
 from typing import Any
 
-import numpy as np
 import polars as pl
 
 from axflow import store
@@ -26,33 +25,26 @@ def vllm_failure(err: Exception) -> RuntimeError:
     return RuntimeError(f"steering.engine=vllm: {err}\n{HF_FALLBACK}")
 
 
-def steering_strength_base(metrics_path: str | None) -> dict[int, float]:
-    """Per-concept max detection activation (AxBench: ≤ 0 falls back to 50)."""
-    if metrics_path is None:
-        return {}
-    m = store.read_table(metrics_path, "detect_metrics").to_pydict()
-    return {c: (a if a > 0 else 50.0) for c, a in zip(m["concept_id"], m["max_act"], strict=True)}
-
-
 def steer_stage(spec: dict[str, Any]) -> None:
     from axflow.calls import row_seed
     from axflow.lm.generate import GenerationRequest, generate
     from axflow.lm.prompts import format_prompt
     from axflow.methods import build_method
+    from axflow.protocol import steering as protocol
 
     s = spec["slice"]
     st, train = s["steering"], s["train"]
     method = build_method(train["method"], runtime(spec, train))
     vllm_engine = None
-    on_vllm = st.get("engine", "hf") == "vllm"
-    if on_vllm and method.steering not in ("add", "prompt"):
+    engine = protocol.engine_for(method, st.get("engine", "hf"))
+    if engine != st.get("engine", "hf"):
         log.info(
-            "steering.engine=vllm: method %s steers with %r, which stays on the hf engine",
+            "steering.engine=%s: method %s steers with %r, which runs on the hf engine",
+            st.get("engine"),
             train["method"].get("kind"),
             method.steering,
         )
-        on_vllm = False
-    if on_vllm:
+    if engine == "vllm":
         from axflow.lm.vllm_engine import VLLMEngine
 
         rt = method.runtime
@@ -81,40 +73,44 @@ def steer_stage(spec: dict[str, Any]) -> None:
     skipped = sorted({p["concept_id"] for p in prompts} - set(rows_of))
     if skipped:
         log.warning("no parameters (see the train job's metadata) for concepts %s", skipped)
-    max_act = steering_strength_base(spec["input"].get("detect_metrics"))
-    factors = [None] if method.factor_free else st["factors"]
-    records, requests = [], []
-    for p in prompts:
-        cid, concept = p["concept_id"], concepts[p["concept_id"]]
-        if cid not in rows_of:
-            continue
-        user = (
-            method.prompt_for(concept, p["instruction"])
-            if method.steering == "prompt"
-            else (p["instruction"])
-        )
-        text = format_prompt(lm.tokenizer, user, lm.chat)
-        for factor in factors:
-            delta, strength = None, None
-            if method.steering == "add":
-                vec = method.steering_vector(concept_params(tensors, rows_of[cid]))
-                strength = float(factor) * max_act.get(cid, 1.0)
-                delta = (strength * vec).astype(np.float32)
-            seed = row_seed(train["seed"], "steer", cid, p["input_id"], factor)
-            requests.append(GenerationRequest(text, seed=seed, delta=delta))
-            records.append(
-                {
-                    "concept_id": cid,
-                    "concept": concept,
-                    "input_id": p["input_id"],
-                    "split": p["split"],
-                    "factor": factor,
-                    "strength": strength,
-                    "instruction": p["instruction"],
-                    "prompt": text,
-                    "seed": seed,
-                }
+    base = {}
+    if spec["input"].get("detect_metrics"):
+        m = store.read_table(spec["input"]["detect_metrics"], "detect_metrics")
+        base = protocol.strength_base(m["concept_id"], m["max_act"])
+    steer = protocol.steer_requests(
+        method,
+        [p for p in prompts if p["concept_id"] in rows_of],
+        concepts,
+        lambda cid: concept_params(tensors, rows_of[cid]),
+        st.get("factors", []),
+        base,
+        lambda cid, input_id, factor: row_seed(train["seed"], "steer", cid, input_id, factor),
+    )
+    requests, records = [], []
+    for r in steer:
+        text = format_prompt(lm.tokenizer, r.user, lm.chat)
+        additive = isinstance(r.edit, protocol.Add)
+        requests.append(
+            GenerationRequest(
+                text,
+                seed=r.seed,
+                delta=r.edit.delta if additive else None,
+                edit=None if additive else r.edit,
             )
+        )
+        records.append(
+            {
+                "concept_id": r.concept_id,
+                "concept": concepts[r.concept_id],
+                "input_id": r.prompt["input_id"],
+                "split": r.prompt["split"],
+                "factor": r.factor,
+                "strength": r.strength,
+                "instruction": r.prompt["instruction"],
+                "prompt": text,
+                "seed": r.seed,
+            }
+        )
     options = {
         "layer": method.runtime.layer,
         "max_new_tokens": st["max_new_tokens"],

@@ -46,6 +46,7 @@ def concept_params(tensors: dict[str, np.ndarray], row: int) -> dict[str, np.nda
 
 def train_stage(spec: dict[str, Any]) -> None:
     from axflow.methods import TokenBatch, Unmatched, build_method
+    from axflow.protocol.training import concept_rows
 
     s = spec["slice"]
     method = build_method(s["method"], runtime(spec, s))
@@ -55,12 +56,12 @@ def train_stage(spec: dict[str, Any]) -> None:
     example_ids = meta["example_id"].to_numpy()
 
     def batch(rows: np.ndarray, positive: np.ndarray) -> TokenBatch:
-        """Tokens `rows` labelled by the token mask `positive`, with their examples as text."""
-        positive_ids = set(example_ids[rows][positive[rows]].tolist())
+        """Tokens `rows` labelled by `positive` (one flag per row), with their examples as text."""
+        positive_ids = set(example_ids[rows][positive].tolist())
         return TokenBatch(
             acts=X[rows],
             example=example_ids[rows],
-            label=positive[rows].astype(np.int8),
+            label=positive.astype(np.int8),
             examples=[
                 dataclasses.replace(examples[k], label=int(k in positive_ids))
                 for k in np.unique(example_ids[rows]).tolist()
@@ -80,12 +81,16 @@ def train_stage(spec: dict[str, Any]) -> None:
             unmatched[cid] = f"not trained: method.{s['method_name']}.max_concepts={limit}"
             out_of_scope.append(cid)
             continue
-        # AxBench: a concept trains on its positives plus the shared negatives of its genre.
-        pos = ((meta["concept_id"] == cid) & (meta["category"] == "positive")).to_numpy()
-        neg = ((meta["concept_id"] == -1) & (meta["concept_genre"] == c["genre"])).to_numpy()
+        rows, positive = concept_rows(
+            meta["concept_id"].to_numpy(),
+            meta["category"].to_numpy(),
+            meta["concept_genre"].to_numpy(),
+            cid,
+            c["genre"],
+        )
         t0 = time.time()
         try:
-            data = batch(np.flatnonzero(pos | neg), pos)
+            data = batch(rows, positive)
             data.sae_id = c.get("sae_id")  # the concept's own SAE feature, if its data names one
             params = method.fit(data, concept=c["concept"], seed=s["seed"])
         except Unmatched as err:
