@@ -3,8 +3,9 @@
 `script(prompt, nth)` gets the last user message and how many times it has been asked (1 = first)
 and returns a `Fault`: a normal reply, an HTTP error (500, 503, 429 with Retry-After), a stall
 before the headers or in the middle of the body (read timeouts), a slow trickle of the whole body,
-truncated JSON, empty `choices`, or a reply that names another model. With `start_after_s` the
-port stays closed that long after construction (connection refused), as a server still booting.
+truncated JSON, empty `choices`, or a reply that names another model. With `start=False` the
+port stays closed (connection refused), as a server still booting, until `start()` or until the
+condition given to `start_when` holds.
 
 The server counts what it saw: requests per prompt (`seen`), per fault kind (`kinds`), when each
 request arrived (`arrivals`) and the Authorization headers (`auth`), so a test can assert calls
@@ -42,6 +43,11 @@ def status(code: int, retry_after: str | None = None) -> Fault:
     return Fault("status", f"injected {code}", status=code, retry_after=retry_after)
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 128  # a burst of clients is accepted, not dropped (a connect timeout)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -49,7 +55,7 @@ def _free_port() -> int:
 
 
 class FaultServer:
-    def __init__(self, script: Callable[[str, int], Fault], *, start_after_s: float = 0.0) -> None:
+    def __init__(self, script: Callable[[str, int], Fault], *, start: bool = True) -> None:
         self.script = script
         self.requests = 0
         self.seen: Counter[str] = Counter()
@@ -61,18 +67,32 @@ class FaultServer:
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
         self.httpd: ThreadingHTTPServer | None = None
         self.up = threading.Event()
-        self._timer = threading.Timer(start_after_s, self._serve)
-        self._timer.daemon = True
-        self._timer.start()
+        self._closed = threading.Event()
+        if start:
+            self.start()
+
+    def start(self) -> None:
+        threading.Thread(target=self._serve, daemon=True).start()
+        self.up.wait(10)
+
+    def start_when(self, ready: Callable[[], bool]) -> None:
+        """Come up (in the background) once `ready()` holds, e.g. a client saw a refusal."""
+
+        def wait_then_serve() -> None:
+            while not ready() and not self._closed.wait(0.005):
+                pass
+            if not self._closed.is_set():
+                self._serve()
+
+        threading.Thread(target=wait_then_serve, daemon=True).start()
 
     def _serve(self) -> None:
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", self.port), _handler(self))
-        self.httpd.daemon_threads = True
+        self.httpd = _Server(("127.0.0.1", self.port), _handler(self))
         self.up.set()
         self.httpd.serve_forever(poll_interval=0.05)
 
     def close(self) -> None:
-        self._timer.cancel()
+        self._closed.set()
         if self.httpd is not None:
             self.httpd.shutdown()
             self.httpd.server_close()

@@ -20,10 +20,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from axflow.calls import CallCache
+from axflow.defaults import build_config, option_defaults
 from axflow.lm.openai_compat import (
     Faults,
     chat_completion,
@@ -32,6 +34,7 @@ from axflow.lm.openai_compat import (
     endpoint_error,
     redacted,
 )
+from axflow.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -112,8 +115,9 @@ class TargetGenerator(CachedGenerator):
 
     def __init__(self, lm, model_id: str, cfg: dict[str, Any], cache: CallCache) -> None:
         self.lm, self.model_id = lm, model_id
-        self.temperature = float(cfg.get("temperature", 1.0))
-        self.batch_size = int(cfg.get("batch_size", 32))
+        cfg = {**option_defaults("generator", "target"), **cfg}  # e.g. the openai writer's config
+        self.temperature = float(cfg["temperature"])
+        self.batch_size = int(cfg["batch_size"])
         super().__init__(cache)
 
     def _generate(self, requests: list[ChatRequest], params: list[dict]) -> list[_Reply]:
@@ -149,22 +153,22 @@ class TargetGenerator(CachedGenerator):
 class OpenAIGeneratorConfig:
     """Keys of config/generator/openai.yaml (besides `name`)."""
 
-    base_url: str = "http://127.0.0.1:8000/v1"
-    model: str = "gpt-4o-mini"
-    temperature: float = 1.0  # AxBench synthesis
-    api_key_env: str = "OPENAI_API_KEY"
-    max_concurrency: int = 16
-    transport_retries: int = 6
-    backoff_s: float = 1.0
-    backoff_max_s: float = 60.0
-    timeout_s: float = 120.0
+    base_url: str
+    model: str
+    temperature: float  # AxBench synthesis
+    api_key_env: str
+    max_concurrency: int
+    transport_retries: int
+    backoff_s: float
+    backoff_max_s: float
+    timeout_s: float
     # USD per million tokens, for the report's cost line (gpt-4o-mini's list price by default).
-    price_input_per_mtok: float = 0.15
-    price_output_per_mtok: float = 0.60
+    price_input_per_mtok: float
+    price_output_per_mtok: float
     # Ask for this many times the target-token budget: the endpoint's tokenizer is not the
     # target's, and responses are cut to `dataset.response_tokens` target tokens afterwards.
-    overgenerate: float = 1.5
-    extra: dict[str, Any] = field(default_factory=dict)  # extra request-body fields
+    overgenerate: float
+    extra: dict[str, Any]  # extra request-body fields
 
     def __post_init__(self) -> None:
         if self.max_concurrency < 1:
@@ -177,15 +181,17 @@ class OpenAIGenerator(CachedGenerator):
     """Chat completions from an OpenAI-compatible endpoint (OpenAI, `vllm serve`, ...)."""
 
     def __init__(self, cfg: dict[str, Any], cache: CallCache) -> None:
-        from axflow.judge import config_from_dict
-
         check_no_secrets(cfg, "generator")
-        self.cfg: OpenAIGeneratorConfig = config_from_dict(
-            OpenAIGeneratorConfig, cfg, cfg.get("name", "openai"), group="generator"
+        self.cfg: OpenAIGeneratorConfig = build_config(
+            OpenAIGeneratorConfig,
+            cfg,
+            group="generator",
+            option=cfg.get("name", "openai"),
+            accept={"name"},
         )
         self.model_id = self.cfg.model
         self.temperature = self.cfg.temperature
-        self._faults = Faults()
+        self.faults = Faults()
         super().__init__(cache)
 
     def _generate(self, requests: list[ChatRequest], params: list[dict]) -> list[_Reply]:
@@ -208,8 +214,8 @@ class OpenAIGenerator(CachedGenerator):
                 raise
         finally:
             await client.close()
-            self.stats.retries = self._faults["retries"]
-            self.stats.faults = {k: v for k, v in self._faults.as_dict().items() if k != "retries"}
+            self.stats.retries = self.faults["retries"]
+            self.stats.faults = {k: v for k, v in self.faults.as_dict().items() if k != "retries"}
 
     async def _one(self, client, gate, request: ChatRequest, params: dict) -> _Reply:
         cfg = self.cfg
@@ -218,7 +224,7 @@ class OpenAIGenerator(CachedGenerator):
                 reply = await chat_completion(
                     client,
                     cfg,
-                    self._faults,
+                    self.faults,
                     request.user,
                     temperature=params["temperature"],
                     max_tokens=params["max_tokens"],
@@ -254,20 +260,32 @@ class GenerationError(RuntimeError):
     """One request was rejected by the endpoint (e.g. too long); the dataset would be short."""
 
 
+# Writer name -> factory(cfg, target=, cache=). vllm_server arrives here as openai
+# (axflow.lm.vllm_server.served has started the server and pointed the config at it).
+GENERATORS: Registry[Callable[..., CachedGenerator]] = Registry(
+    "generator",
+    fix="Set generator=<name> (config/generator/); generator=vllm_server runs the openai writer.",
+)
+
+
+@GENERATORS.register("target")
+def _target(cfg: dict[str, Any], *, target: TargetGenerator, cache: CallCache) -> CachedGenerator:
+    return target
+
+
+@GENERATORS.register("openai")
+def _openai(cfg: dict[str, Any], *, target: TargetGenerator, cache: CallCache) -> CachedGenerator:
+    body = {k: v for k, v in cfg.items() if k != "batch_size"}  # the target's batch, not this
+    return OpenAIGenerator(body, cache)
+
+
 def build_generator(cfg: dict[str, Any], *, target: TargetGenerator, cache: CallCache):
     """The synthesis writer named by `cfg["name"]`: the target itself or an endpoint."""
-    name = cfg.get("name")
-    if name == "target":
-        return target
-    if name == "openai":  # vllm_server arrives here as openai (axflow.lm.vllm_server.served)
-        body = {k: v for k, v in cfg.items() if k not in ("name", "batch_size")}
-        return OpenAIGenerator({"name": name, **body}, cache)
-    raise ValueError(
-        f"generator.name is {name!r}; use one of ['target', 'openai', 'vllm_server'] "
-        "(config/generator/)."
-    )
+    return GENERATORS.get(cfg.get("name"))(cfg, target=target, cache=cache)
 
 
 def overgenerate(cfg: dict[str, Any]) -> float:
     """How many times the target-token budget to ask a writer for (1 for the target itself)."""
-    return 1.0 if cfg.get("name") == "target" else float(cfg.get("overgenerate", 1.5))
+    if cfg.get("name") == "target":
+        return 1.0
+    return float({**option_defaults("generator", cfg["name"]), **cfg}["overgenerate"])
