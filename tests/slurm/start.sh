@@ -4,13 +4,15 @@
 # slurmctld and slurmd, all talking over 127.0.0.1. Idempotent: a daemon already running from
 # this directory is left alone, so a second call returns at once.
 #
-#   sudo tests/slurm/start.sh            # then: export SLURM_CONF=/var/tmp/axflow-slurm/slurm.conf
-#   sudo tests/slurm/stop.sh             # stops what this script started
+#   sudo tests/slurm/start.sh     # then sinfo, sbatch, sacct on this machine reach it
+#   sudo tests/slurm/stop.sh      # stops what this script started
 #
-# Everything (configs, state, logs, database) lives in $AXFLOW_SLURM_DIR (default
-# /var/tmp/axflow-slurm); the commands find the cluster through SLURM_CONF, so nothing under
-# /etc/slurm changes. The node advertises what `slurmd -C` finds: this machine's CPUs and memory.
-# Exit status 77: this machine cannot host the cluster (not root, or no apt-get to install it).
+# Configs, state, logs and the database live in $AXFLOW_SLURM_DIR (default /var/tmp/axflow-slurm);
+# slurmd runs configless and serves the config at /run/slurm/conf, where SLURM's commands look
+# when /etc/slurm/slurm.conf is absent, so nothing under /etc/slurm is written (a machine that
+# has one is left alone). The node advertises what `slurmd -C` finds: this machine's CPUs and
+# memory.
+# Exit status 77: this machine cannot host it (not root, no apt-get, or a SLURM config of its own).
 set -euo pipefail
 
 DIR=${AXFLOW_SLURM_DIR:-/var/tmp/axflow-slurm}
@@ -34,6 +36,8 @@ wait_for() {  # wait_for <seconds> <what> <command...>: poll until the command s
 }
 
 [[ $(id -u) == 0 ]] || skip "starting SLURM needs root (daemons, munge key, packages); run as root"
+[[ ! -e /etc/slurm/slurm.conf ]] \
+    || skip "/etc/slurm/slurm.conf exists: this machine belongs to a SLURM cluster of its own"
 
 missing=()
 for cmd in munged mariadbd slurmdbd slurmctld slurmd sbatch sacct; do
@@ -142,6 +146,9 @@ JobCompType=jobcomp/none
 MpiDefault=none
 ReturnToService=2
 MinJobAge=300
+# slurmd fetches this config from slurmctld and serves it at /run/slurm/conf, where every
+# command on the node finds it: the plugin's jobstep strips SLURM_CONF from its nested srun.
+SlurmctldParameters=enable_configless
 $node NodeAddr=127.0.0.1 State=UNKNOWN
 PartitionName=$PARTITION Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 CONF
@@ -160,10 +167,10 @@ if ! running "$DIR/slurmctld.pid"; then
     wait_for 60 slurmctld scontrol ping
 fi
 if ! running "$DIR/slurmd.pid"; then
-    slurmd
+    env -u SLURM_CONF slurmd --conf-server "127.0.0.1:$CTLD_PORT"
 fi
 # The node is up when sinfo lists it idle, mixed or allocated (not down, drained, unknown).
 wait_for 60 "slurmd ($(hostname -s))" \
     sh -c "sinfo --noheader --responding --states=idle,mixed,allocated -o %N | grep -q ."
-echo "SLURM cluster '$CLUSTER' is up: export SLURM_CONF=$SLURM_CONF" >&2
+echo "SLURM cluster '$CLUSTER' is up (config: /run/slurm/conf/slurm.conf, from $SLURM_CONF)" >&2
 sinfo --Node --long >&2
