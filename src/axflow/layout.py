@@ -82,8 +82,29 @@ class Layout:
 
 # The report's inputs: one name per (kind, index, owner), built and read only here. The owner
 # of a method's artefact is the method, of a benchmark file its rule; data stats have none.
-METHOD_INPUTS = ("params", "metrics", "pool", "scores", "ratings")
-OWNERS = {**{k: "method" for k in METHOD_INPUTS}, "bench": "rule", "data_stats": None}
+METHOD_INPUTS = ("params", "metrics", "pool", "scores", "ratings", "generations")
+OWNERS = {
+    **{k: "method" for k in METHOD_INPUTS},
+    "bench": "rule",
+    "data_stats": None,
+    "examples": "split",  # a data job's train / detect_eval rows (the report page's examples)
+    "template": None,  # the report page's templates: editing one reruns the report
+    "judge_validity": None,  # bench/judge_validity.py's record of the run's judge, if any
+}
+REPORT_PACKAGE = Path(__file__).resolve().parent / "report"
+
+
+def report_templates() -> list[str]:
+    """The report page's Jinja2 templates (axflow.report.html)."""
+    return sorted(str(p) for p in (REPORT_PACKAGE / "templates").glob("*.j2"))
+
+
+def judge_validity_record(cfg: Mapping[str, Any]) -> Path:
+    """Where bench/judge_validity.py keeps its measurement of `cfg`'s judge: keyed by the judge
+    config and the target model (the embedded judge's fluency is its perplexity), not its layer."""
+    model = {k: v for k, v in cfg["model"].items() if k != "layer"}
+    key = stage_key({"judge": cfg["judge"], "model": model})
+    return REPORT_PACKAGE / "judge_validity" / f"{cfg['judge']['name']}-{key}.json"
 
 
 def report_input(kind: str, index: int, owner: str | None = None) -> str:
