@@ -20,7 +20,7 @@ import numpy as np
 import polars as pl
 
 from axflow.judge import CallCache, JudgeItem
-from axflow.judge.embedded import minilm_similarities
+from axflow.lm.similarity import minilm_similarities
 
 
 def main(folder: str = "/work/shared/data/axbench-concept10-2b-l10") -> None:

@@ -27,6 +27,7 @@ from axflow.data import shards, sources
 from axflow.data.generators import TargetGenerator
 from axflow.data.synthesize import synthesize
 from axflow.data.verify import build_verifier
+from axflow.judge import build_judge
 from axflow.lm.models import load_model
 
 
@@ -46,7 +47,11 @@ def main() -> None:
     cache = open_cache(args.cache)
     lm = load_model(smollm_dir(), dtype="float32", chat=True)
     writer = TargetGenerator(lm, "smollm2-135m-instruct@bench", cfg["generator"], cache)
-    verifier = build_verifier(ds, cache=cache, judge_cfg=cfg["judge"], model_dir=str(smollm_dir()))
+    verifier = build_verifier(
+        ds,
+        cache=cache,
+        judge=lambda: build_judge(cfg["judge"], model_dir=str(smollm_dir()), cache=cache),
+    )
     t0 = time.perf_counter()
     result = synthesize(
         concepts, pool, ds, cfg["seed"], writer=writer, target=writer, verifier=verifier

@@ -17,7 +17,7 @@ the same text. How many of them look like each concept is reported instead.
 Verifiers:
 
 - `embedded` (default): cosine similarity of MiniLM (all-MiniLM-L6-v2, the embedded judge's
-  embedder and its code: axflow.judge.embedded.minilm_similarities) between the output and the
+  embedder and its code: axflow.lm.similarity.minilm_similarities) between the output and the
   concept description. `dataset.verify_thresholds: [absent, present]`: a positive needs a
   similarity >= present; a negative or hard negative needs < absent to the concept; a hard
   negative needs >= absent to "word: sense". Calibrated like the judge's concept thresholds
@@ -56,11 +56,12 @@ selected by MiniLM too, so detection is measured on examples MiniLM separates. U
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from axflow.judge import CallCache, JudgeItem
+from axflow.calls import CallCache
+from axflow.rating import JudgeItem
 
 VERIFIERS = ("embedded", "judge", "none")
 DEFAULT_THRESHOLDS = (0.10, 0.15)  # [absent, present]
@@ -138,7 +139,7 @@ class EmbeddedVerifier:
         self.cache, self.batch_size = cache, batch_size
 
     def _similarity(self, items: list[JudgeItem]) -> list[float]:
-        from axflow.judge.embedded import minilm_similarities
+        from axflow.lm.similarity import minilm_similarities
 
         return [c for c, _ in minilm_similarities(items, self.cache, batch_size=self.batch_size)]
 
@@ -210,25 +211,20 @@ class JudgeVerifier:
 
 
 def build_verifier(
-    dataset: dict[str, Any],
-    *,
-    cache: CallCache,
-    judge_cfg: dict[str, Any] | None = None,
-    model_dir: str | None = None,
+    dataset: dict[str, Any], *, cache: CallCache, judge: Callable[[], Any] | None = None
 ) -> Verifier:
-    """The verifier named by `dataset.verifier` (default embedded)."""
+    """The verifier named by `dataset.verifier` (default embedded); `judge()` builds the run's
+    judge for `verifier=judge` (the data stage passes it, so this package needs no judge)."""
     name = dataset.get("verifier", "embedded")
     if name == "none":
         return NoVerifier()
     if name == "embedded":
         return EmbeddedVerifier(cache, dataset.get("verify_thresholds", DEFAULT_THRESHOLDS))
     if name == "judge":
-        if not judge_cfg:
+        if judge is None:
             raise ValueError(
                 "dataset.verifier=judge needs the run's judge config; none was given to the data "
                 "stage"
             )
-        from axflow.judge import build_judge
-
-        return JudgeVerifier(build_judge(judge_cfg, model_dir=model_dir, cache=cache))
+        return JudgeVerifier(judge())
     raise ValueError(f"dataset.verifier is {name!r}; use one of {list(VERIFIERS)}")

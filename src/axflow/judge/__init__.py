@@ -3,18 +3,20 @@
 A judge backend is a class registered by name with `@register_judge`; `build_judge` picks one from
 the `judge/` config group (`cfg["name"]`). Backends: `embedded` (offline: MiniLM similarity and
 target-model perplexity) and `openai` (any OpenAI-compatible chat endpoint, AxBench's protocol).
-Every backend routes its model calls through a `CallCache`, so reruns cost nothing.
+Every backend routes its model calls through a `CallCache`, so reruns cost nothing. A backend's
+config dataclass takes its defaults from `config/judge/<name>.yaml` (`config_from_dict`).
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 from axflow.calls import CallCache
-from axflow.judge.rubric import harmonic_mean, parse_rating
+from axflow.defaults import build_config
+from axflow.judge.rubric import parse_rating
+from axflow.rating import JudgeItem, Rating, harmonic_mean
+from axflow.registry import Registry
 
 __all__ = [
     "CallCache",
@@ -28,34 +30,6 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
-class JudgeItem:
-    """One generation to rate, with the concept it was steered towards and its instruction."""
-
-    concept: str
-    instruction: str
-    generation: str
-
-
-@dataclass(frozen=True)
-class Rating:
-    """Scores of one generation; a sub-score the judge could not produce is None, never 0."""
-
-    concept_score: float | None
-    instruction_score: float | None
-    fluency_score: float | None
-    perplexity: float | None = None
-    failures: int = 0  # how many of the three sub-scores could not be obtained
-
-    @property
-    def overall(self) -> float | None:
-        """AxBench's overall score (harmonic mean), or None if any sub-score is missing."""
-        scores = (self.concept_score, self.instruction_score, self.fluency_score)
-        if any(s is None for s in scores):
-            return None
-        return harmonic_mean(scores)  # type: ignore[arg-type]
-
-
 class Judge(Protocol):
     """What the workflow needs from a judge backend."""
 
@@ -67,24 +41,18 @@ class Judge(Protocol):
 
 
 JudgeFactory = Callable[..., Judge]
-_REGISTRY: dict[str, JudgeFactory] = {}
-# Built-in backends import torch or openai, so they are imported only when asked for.
-_BUILTIN_MODULES = {
-    "embedded": "axflow.judge.embedded",
-    "openai": "axflow.judge.openai_judge",
-}
+# Built-in backends import torch or openai, so they are imported only when asked for. The full
+# module names also put both backends in the judge stage's code digest (`axflow.codeversion`).
+JUDGES: Registry[JudgeFactory] = Registry(
+    "judge backend",
+    lazy={"embedded": "axflow.judge.embedded", "openai": "axflow.judge.openai_judge"},
+    fix="Set judge=<name> (config/judge/); judge=vllm_server runs the openai backend.",
+)
 
 
 def register_judge(name: str) -> Callable[[JudgeFactory], JudgeFactory]:
     """Register a backend under `name`; it is called as `factory(cfg, model_dir=..., cache=...)`."""
-
-    def decorate(factory: JudgeFactory) -> JudgeFactory:
-        if name in _REGISTRY and _REGISTRY[name] is not factory:
-            raise ValueError(f"a judge backend named {name!r} is already registered")
-        _REGISTRY[name] = factory
-        return factory
-
-    return decorate
+    return JUDGES.register(name)
 
 
 def build_judge(cfg: Mapping[str, Any], *, model_dir: str | None, cache: CallCache) -> Judge:
@@ -96,28 +64,12 @@ def build_judge(cfg: Mapping[str, Any], *, model_dir: str | None, cache: CallCac
     name = cfg.get("name")
     if name is None:
         raise ValueError(
-            "the judge config has no `name`; set judge=embedded or judge=openai "
-            f"(known backends: {sorted(set(_REGISTRY) | set(_BUILTIN_MODULES))})"
+            f"the judge config has no `name`; set judge=<name>, one of {JUDGES.names()}"
         )
-    if name not in _REGISTRY and name in _BUILTIN_MODULES:
-        importlib.import_module(_BUILTIN_MODULES[name])
-    if name not in _REGISTRY:
-        raise ValueError(
-            f"unknown judge backend {name!r}; known backends: "
-            f"{sorted(set(_REGISTRY) | set(_BUILTIN_MODULES))}"
-        )
-    return _REGISTRY[name](dict(cfg), model_dir=model_dir, cache=cache)
+    return JUDGES.get(name)(dict(cfg), model_dir=model_dir, cache=cache)
 
 
-def config_from_dict(
-    cls: type, cfg: Mapping[str, Any], backend: str, group: str = "judge"
-) -> Any:
-    """Build a backend's config dataclass from a plain dict, naming any unknown key."""
-    fields = set(cls.__dataclass_fields__)
-    unknown = sorted(set(cfg) - fields - {"name"})
-    if unknown:
-        raise ValueError(
-            f"{group} config for backend {backend!r} has unknown key(s) {unknown}; "
-            f"known keys: {sorted(fields)}. Fix config/{group}/{backend}.yaml or the override."
-        )
-    return cls(**{k: v for k, v in cfg.items() if k != "name"})
+def config_from_dict(cls: type, cfg: Mapping[str, Any], backend: str, group: str = "judge") -> Any:
+    """A backend's config dataclass from a plain dict: keys it leaves out come from
+    `config/<group>/<backend>.yaml`, an unknown key is an error naming it."""
+    return build_config(cls, cfg, group=group, option=backend, accept={"name"})

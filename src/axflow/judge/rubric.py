@@ -13,9 +13,7 @@ judge failure is never mistaken for a bad generation; the judge config key `unpa
 
 from __future__ import annotations
 
-import math
 import re
-from collections.abc import Sequence
 
 ASPECTS = ("concept", "instruction", "fluency")
 
@@ -104,16 +102,3 @@ def parse_rating(text: str | None) -> float | None:
     if not 0.0 <= score <= 2.0:  # also rejects nan
         return None
     return score
-
-
-def harmonic_mean(scores: Sequence[float]) -> float:
-    """AxBench's overall score: 0 if any score is 0, else n / sum(1/s)."""
-    if len(scores) == 0:
-        raise ValueError("harmonic_mean needs at least one score")
-    if any(s is None or math.isnan(s) for s in scores):
-        raise ValueError(f"harmonic_mean got a missing score in {list(scores)}; drop the item")
-    if any(s < 0 for s in scores):
-        raise ValueError(f"harmonic_mean needs non-negative scores, got {list(scores)}")
-    if any(s == 0 for s in scores):
-        return 0.0
-    return len(scores) / sum(1.0 / s for s in scores)

@@ -38,6 +38,7 @@ def dataset_stage(spec: dict[str, Any]) -> None:
         from axflow.data.generators import TargetGenerator, build_generator, overgenerate
         from axflow.data.synthesize import synthesize
         from axflow.data.verify import build_verifier
+        from axflow.judge import build_judge
 
         concepts = shards.select(
             sources.load_concepts(shards.resolve(ds["concepts"]), ds.get("genre", "text")),
@@ -64,7 +65,9 @@ def dataset_stage(spec: dict[str, Any]) -> None:
                     served(judge_cfg, group="judge", target_dir=model_dir, target_id=model_id)
                 )
             verifier = build_verifier(
-                ds, cache=cache, judge_cfg=judge_cfg, model_dir=str(model_dir)
+                ds,
+                cache=cache,
+                judge=lambda: build_judge(judge_cfg, model_dir=str(model_dir), cache=cache),
             )
             writer = build_generator(gen_cfg, target=target, cache=cache)
             result = synthesize(
