@@ -3,15 +3,21 @@
 axflow run model.layer=20 'method=[diffmean,probe]' --cores 2
 axflow run model.layer=6,12 'method=[diffmean,probe]'   # a Hydra sweep: one DAG, one leaderboard
 axflow config judge=openai          # print the composed, validated config (one per sweep cell)
+
+After a crash (kill -9, power loss) `axflow run` resumes by itself: with no other run alive in
+the directory it clears the stale lock and reruns the interrupted jobs; while one is alive and
+holds the files it needs, it refuses and names it (axflow.resume).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import subprocess
 import sys
+from pathlib import Path
 
 from hydra.errors import HydraException
 
@@ -19,6 +25,7 @@ from axflow.checks import planning_error
 from axflow.config import ConfigError
 from axflow.layout import REPO_ROOT
 from axflow.plan import make_sweep
+from axflow.resume import LOCKED_MESSAGE, claim_workdir, live_snakemake, refusal
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,20 +50,60 @@ def main(argv: list[str] | None = None) -> int:
             cells = [{"cell": c.path, "swept": c.swept, "config": c.plan.cfg} for c in sweep.cells]
             print(json.dumps(cells, indent=2))
         return 0
-    cmd = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "--cores",
-        str(args.cores),
-        "--directory",
-        str(REPO_ROOT),
-    ]
-    if args.dry_run:
-        cmd.append("--dry-run")
+    cmd = [sys.executable, "-m", "snakemake", "--cores", str(args.cores)]
+    cmd += ["--directory", str(REPO_ROOT)]
     if args.overrides:
         cmd += ["--config", "overrides=" + shlex.join(args.overrides)]
-    return subprocess.call(cmd, cwd=REPO_ROOT)
+    if args.dry_run:
+        return subprocess.call([*cmd, "--dry-run"], cwd=REPO_ROOT)
+    results_dir = REPO_ROOT / sweep.cells[0].plan.cfg["results_dir"]
+    return run_resuming(cmd, REPO_ROOT, results_dir)
+
+
+def run_resuming(cmd: list[str], workdir: Path, results_dir: Path) -> int:
+    """Run snakemake so that it resumes after a crash (`axflow.resume`), or refuse clearly."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+
+    def unlock() -> None:
+        done = subprocess.run([*cmd, "--unlock"], cwd=workdir, env=env, capture_output=True)
+        if done.returncode:
+            sys.exit(f"axflow: `snakemake --unlock` failed in {workdir}:\n{done.stderr.decode()}")
+
+    claim = claim_workdir(workdir, results_dir, unlock)
+    if claim.cleared_locks:
+        print(
+            f"axflow: no run is alive in {workdir}: cleared the lock a stopped run left "
+            "(snakemake --unlock); its unfinished jobs rerun",
+            file=sys.stderr,
+        )
+    if claim.removed_temp:
+        print(
+            f"axflow: removed {len(claim.removed_temp)} temporary files of interrupted writes "
+            f"under {results_dir}",
+            file=sys.stderr,
+        )
+    # stderr passes through here to catch Snakemake's lock refusal; the claim's fd goes with it.
+    proc = subprocess.Popen(
+        [*cmd, "--rerun-incomplete"],
+        cwd=workdir,
+        env=env,
+        stderr=subprocess.PIPE,
+        pass_fds=(claim.fd,),
+    )
+    os.close(claim.fd)
+    refused = False
+    try:
+        for line in proc.stderr:
+            sys.stderr.buffer.write(line)
+            sys.stderr.buffer.flush()
+            refused |= LOCKED_MESSAGE.encode() in line
+    except KeyboardInterrupt:  # Ctrl-C reached snakemake too: let it stop its jobs
+        pass
+    code = proc.wait()
+    if code != 0 and refused:
+        print(refusal(workdir, claim.live or live_snakemake(workdir)), file=sys.stderr)
+        return 3
+    return code
 
 
 if __name__ == "__main__":
