@@ -150,9 +150,12 @@ def _handler(server: FaultServer) -> type[BaseHTTPRequestHandler]:
 
         def _answer(self, fault: Fault, model: str, prompt: str) -> None:
             reply = completion(model, fault.content, prompt)
-            if fault.kind == "status":
+            if (
+                fault.kind == "status"
+            ):  # "{auth}" in the message echoes the key, as leaky servers do
+                message = fault.content.replace("{auth}", self.headers.get("Authorization", ""))
                 headers = {"Retry-After": fault.retry_after} if fault.retry_after else {}
-                return self._send(fault.status, {"error": {"message": fault.content}}, headers)
+                return self._send(fault.status, {"error": {"message": message}}, headers)
             if fault.kind == "hang":
                 time.sleep(fault.seconds)
                 return self._send(200, reply)

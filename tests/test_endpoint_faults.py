@@ -11,6 +11,7 @@ succeed. Calls are counted at the server. Backoffs are tiny (config), so each te
 
 from __future__ import annotations
 
+import ast
 import threading
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from axflow.calls import CallCache
 from axflow.data.generators import ChatRequest, OpenAIGenerator
 from axflow.judge import JudgeItem, Rating, build_judge
 from axflow.lm.openai_compat import EndpointError
+from endpoint_run import TIMEOUTS, counts_by_kind, endpoint_run
 from fault_server import Fault, FaultServer, ok, status
 
 GOOD = "The text is on topic.\nRating: [[2]]"
@@ -264,3 +266,48 @@ def test_generator_survives_every_fault_kind_and_reruns_only_failures(tmp_path: 
         assert replay(requests + fresh + down) == [GOOD] * (len(requests) + 4)
         assert replay.stats.calls == 2 and replay.stats.cached == len(requests) + 2
         assert all(server.seen[r.user] == seen[r.user] for r in requests + fresh)
+
+
+# -- through the workflow: the data job (Snakemake) and the judge job's entry point --------------
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, smollm_dir: Path):
+    return endpoint_run(tmp_path_factory.getbasetemp() / "endpoint_run", smollm_dir)
+
+
+def test_workflow_data_job_survives_faults_and_reruns_without_calls(run) -> None:
+    writer = run.data_stats["generators"]["writer"]
+    faults = writer["faults"]
+    expected = counts_by_kind(run.data_injected)
+    assert len(run.data_injected) >= 5, run.data_injected  # the run did meet faults
+    for kind, n in expected.items():
+        assert faults.get(kind, 0) == n, (kind, faults, expected)
+    timeouts = sum(f.kind in TIMEOUTS for f in run.data_injected)
+    assert faults.get("timeout", 0) >= timeouts
+    assert writer["retries"] == sum(faults.values())  # each one retried, none ran out
+    assert writer["calls"] == writer["requests"] > 0
+    # The forced rerun of the data job: every reply from the call cache, none from the server.
+    again = run.data_rerun_stats["generators"]["writer"]
+    assert run.data_rerun_calls == 0
+    assert again["calls"] == 0 and again["cached"] == again["requests"] == writer["requests"]
+    assert again["faults"] == {}
+
+
+def test_judge_job_counts_failures_never_scores_them_0_and_reruns_only_them(run) -> None:
+    rows = {r["concept_id"]: r for r in run.ratings.iter_rows(named=True)}
+    for cid in (1, 2):  # <REJECT>: 400; <GARBAGE>: no rating after every re-ask
+        r = rows[cid]
+        assert r["failures"] == 3 and r["overall"] is None, r
+        assert (r["concept_score"], r["instruction_score"], r["fluency_score"]) == (None,) * 3
+    for cid in (0, 3):
+        r = rows[cid]
+        assert r["failures"] == 0 and r["overall"] == 2.0, r
+    # The job log counts what it survived, as many of each kind as the server injected.
+    line = next(x for x in run.judge_log.splitlines() if "failed attempts by kind" in x)
+    logged = ast.literal_eval(line.split("failed attempts by kind: ")[1])
+    for kind, n in counts_by_kind(run.judge_injected).items():
+        assert logged.get(kind, 0) == n, (kind, logged)
+    assert "6 sub-scores failed" in line
+    # Rerun: only the rejected prompts reach the server again (they were never answered).
+    assert run.judge_rerun_calls == 3

@@ -143,6 +143,8 @@ def validate(cfg: dict[str, Any]) -> None:
             "released files from it (metadata.jsonl, train_data*.parquet, latent_eval_data.parquet"
             "); set it to that folder, or use dataset=axbench_concept10"
         )
+    from axflow.secrets import check_no_secrets
+
     for group in ("generator", "judge"):
         gcfg = cfg[group]
         if gcfg["name"] == "vllm_server" and gcfg.get("base_url") and not gcfg.get("model"):
@@ -150,4 +152,8 @@ def validate(cfg: dict[str, Any]) -> None:
                 f"config key {group}.model: not set, but {group}.base_url is, so it must name "
                 "the model that server serves (its --served-model-name)"
             )
+        try:
+            check_no_secrets(gcfg, group)  # keys come from the environment only
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
 

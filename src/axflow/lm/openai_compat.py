@@ -8,9 +8,8 @@ exponential backoff (tenacity), honouring the server's Retry-After up to `backof
 every failed attempt is counted by kind in `Faults`, so a run reports what it survived.
 
 A bad reply is never returned: the caller's cache stores only checked replies, so a rerun makes
-calls only for what did not succeed. Keys come from the environment only: a config that carries
-one, or a base_url with credentials, is refused (`check_no_secrets`), and error messages never
-include the key.
+calls only for what did not succeed. Keys come from the environment only (`axflow.secrets`), and
+error messages mask them.
 """
 
 from __future__ import annotations
@@ -18,17 +17,18 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import json
-import os
-import re
 import time
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 import openai
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 from tenacity.wait import wait_base, wait_exponential
+
+from axflow.secrets import api_key, check_no_secrets, redacted
+
+__all__ = ["api_key", "check_no_secrets", "redacted"]  # re-exported: callers import them here
 
 
 class EndpointError(RuntimeError):
@@ -184,52 +184,6 @@ def client_for(cfg: Any) -> openai.AsyncOpenAI:
         timeout=cfg.timeout_s,
         max_retries=0,
     )
-
-
-def api_key(env_name: str) -> str:
-    """The key from $env_name; local servers accept any, so unset gives "EMPTY"."""
-    return os.environ.get(env_name) or "EMPTY"
-
-
-def redacted(err: BaseException | str, env_name: str, limit: int = 300) -> str:
-    """`err` as text for a log or message, the key from $env_name masked (a server may echo it)."""
-    text = str(err)[:limit]
-    key = os.environ.get(env_name)
-    return text.replace(key, "***") if key else text
-
-
-ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-SECRET_KEYS = ("api_key", "key", "token", "secret", "password", "authorization")
-
-
-def _secret_paths(cfg: Any, where: str) -> list[str]:
-    if not isinstance(cfg, dict):
-        return []
-    found = [f"{where}.{k}" for k in cfg if str(k).lower() in SECRET_KEYS]
-    return found + [p for k, v in cfg.items() for p in _secret_paths(v, f"{where}.{k}")]
-
-
-def check_no_secrets(cfg: dict[str, Any], group: str) -> None:
-    """Refuse a config that would carry a secret into config.json, logs and cache keys."""
-    for path in _secret_paths(cfg, group):
-        raise ValueError(
-            f"config key {path}: keys are read from the environment only, never from the config "
-            f"(it is written to every results folder's config.json). Remove {path}, export the "
-            f"key in a variable and set {group}.api_key_env to its name"
-        )
-    env = cfg.get("api_key_env")
-    if env is not None and not ENV_NAME.fullmatch(str(env)):
-        raise ValueError(
-            f"config key {group}.api_key_env: it must name an environment variable (e.g. "
-            f"OPENAI_API_KEY), and this value is not a variable name; if it is the key itself, "
-            f"remove it from the config, export it and set {group}.api_key_env to the variable"
-        )
-    url = cfg.get("base_url")
-    if url and (urlsplit(str(url)).username or urlsplit(str(url)).password):
-        raise ValueError(
-            f"config key {group}.base_url: it carries credentials (user:password@); remove them "
-            f"and pass the key through the variable named by {group}.api_key_env"
-        )
 
 
 def endpoint_error(
