@@ -10,6 +10,32 @@ from pathlib import Path
 from axflow.jobstats import job_counts
 from axflow.layout import REPO_ROOT
 
+# The tiny DAG (the session fixture `tiny_run` in conftest.py runs it once).
+TINY = [
+    "dataset.max_concepts=3",
+    "dataset.train_positive=6",
+    "dataset.train_negative=6",
+    "dataset.eval_positive=4",
+    "dataset.eval_negative=4",
+    "dataset.response_tokens=12",
+    "dataset.hard_negatives=1",
+    "dataset.max_attempts=1",  # verification runs in the DAG; its resampling is tested on its own
+    "steering.instructions_per_concept=2",
+    "steering.factors=[0.5,1.0]",
+    "steering.max_new_tokens=6",
+    "steering.temperature=0",  # greedy: the vllm engine must reproduce these generations exactly
+    # hf here (vllm is the default): one vLLM start-up per steer job would slow the tiny DAG;
+    # test_vllm_engine_reproduces_the_greedy_generations reruns its steering on vllm.
+    "steering.engine=hf",
+    "method=[diffmean,prompt,bow,random]",
+    "+method.random.max_concepts=2",  # the generic per-method concept limit
+    "name=tiny",
+]
+
+
+def run_args(results: Path, extra: list[str] = ()) -> list[str]:
+    return [*TINY, f"results_dir={results}", f"cache_dir={results}/cache", *extra]
+
 
 def snakemake(*args: str, overrides: list[str] = ()) -> subprocess.CompletedProcess:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
@@ -56,7 +82,7 @@ def materialize(overrides: list[str]) -> None:
     timed = benchmarks(overrides)
     for line in proc.stdout.splitlines()[1:]:
         path = Path(line.split("\t")[0])
-        if path.name == "weights":  # the one directory output
+        if path.name in ("weights", "figures"):  # the directory outputs
             path.mkdir(parents=True, exist_ok=True)
         else:
             path.parent.mkdir(parents=True, exist_ok=True)

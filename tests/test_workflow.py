@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import polars as pl
 import pytest
@@ -11,50 +10,7 @@ import pytest
 from axflow.config import compose
 from axflow.lm.vllm_engine import vllm_available
 from axflow.plan import make_plan
-from dag import planned_jobs, snakemake
-
-TINY = [
-    "dataset.max_concepts=3",
-    "dataset.train_positive=6",
-    "dataset.train_negative=6",
-    "dataset.eval_positive=4",
-    "dataset.eval_negative=4",
-    "dataset.response_tokens=12",
-    "dataset.hard_negatives=1",
-    "dataset.max_attempts=1",  # verification runs in the DAG; its resampling is tested on its own
-    "steering.instructions_per_concept=2",
-    "steering.factors=[0.5,1.0]",
-    "steering.max_new_tokens=6",
-    "steering.temperature=0",  # greedy: the vllm engine must reproduce these generations exactly
-    # hf here (vllm is the default): one vLLM start-up per steer job would slow the tiny DAG;
-    # test_vllm_engine_reproduces_the_greedy_generations reruns its steering on vllm.
-    "steering.engine=hf",
-    "method=[diffmean,prompt,bow,random]",
-    "+method.random.max_concepts=2",  # the generic per-method concept limit
-    "name=tiny",
-]
-
-
-def run_args(results: Path, extra: list[str] = ()) -> list[str]:
-    return [*TINY, f"results_dir={results}", f"cache_dir={results}/cache", *extra]
-
-
-@pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory, smollm_dir) -> Path:
-    results = tmp_path_factory.mktemp("workflow") / "results"
-    # The session's prepared model stands in for the prepare_model job (same code, run once).
-    plan = make_plan(compose())
-    weights = Path(f"{results}/models/{plan.model_key}/weights")
-    weights.parent.mkdir(parents=True)
-    weights.symlink_to(smollm_dir.resolve(), target_is_directory=True)
-    # Its benchmark file too (an input of the report): without it the job would run after all.
-    bench = Path(f"{results}/benchmarks/prepare_model/{plan.model_key}.tsv")
-    bench.parent.mkdir(parents=True)
-    bench.write_text("s\th:m:s\n")  # a header without a row: no time to report
-    proc = snakemake(overrides=run_args(results))
-    logs = "\n".join(p.read_text() for p in results.glob("logs/**/*.log"))
-    assert proc.returncode == 0, proc.stdout + proc.stderr + logs
-    return results
+from dag import planned_jobs, run_args, snakemake
 
 
 def test_dag_writes_report_and_leaderboard(tiny_run):
