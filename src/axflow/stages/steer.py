@@ -76,7 +76,7 @@ def steer_stage(spec: dict[str, Any]) -> None:
     base = {}
     if spec["input"].get("detect_metrics"):
         m = store.read_table(spec["input"]["detect_metrics"], "detect_metrics")
-        base = protocol.strength_base(m["concept_id"], m["max_act"])
+        base = protocol.strength_base(m["concept_id"].to_pylist(), m["max_act"].to_pylist())
     steer = protocol.steer_requests(
         method,
         [p for p in prompts if p["concept_id"] in rows_of],
