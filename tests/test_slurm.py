@@ -1,5 +1,5 @@
 """The tiny sharded DAG on a real SLURM cluster: every job goes through sbatch and completes, and
-the leaderboard equals a local run's.
+the leaderboard (and every Parquet artefact) equals a local run's.
 
 tests/slurm/start.sh starts the cluster (munge, MariaDB, slurmdbd, slurmctld, slurmd from
 Debian's packages, on loopback); it needs root and skips the test where there is none. The run
@@ -117,3 +117,11 @@ def test_tiny_sharded_dag_on_slurm_matches_local(slurm_cluster, smollm_dir, tmp_
     boards = [pl.read_csv(tmp_path / name / "slurm/leaderboard.csv") for name in ("local", "slurm")]
     assert boards[0].height == 1 and boards[0]["n_concepts"].item() == 2
     assert boards[1].equals(boards[0]), (boards[0], boards[1])
+    # Beneath it, every Parquet artefact (data to ratings, both shards) is equal too.
+    tables = [
+        {p.relative_to(tmp_path / name): p for p in (tmp_path / name).rglob("*.parquet")}
+        for name in ("local", "slurm")
+    ]
+    assert tables[0].keys() == tables[1].keys() and len(tables[0]) >= 20
+    for path, local_file in tables[0].items():
+        assert pl.read_parquet(tables[1][path]).equals(pl.read_parquet(local_file)), path
