@@ -8,7 +8,6 @@ row, the field and the fix. Samplers are deterministic functions of their seed.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -19,6 +18,18 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from axflow.data.records import (
+    WHERE,
+    clean_choice,
+    clean_int,
+    clean_text,
+    first_present,
+    read_records,
+    reject_duplicates,
+    reject_long,
+    reject_urls,
+    user_columns,
+)
 from axflow.data.validate import GENRES, POOL_SPLITS, DataError, conform, require_columns
 
 BUILTIN_DIR = Path(__file__).resolve().parent / "builtin"
@@ -26,7 +37,6 @@ BUILTIN_CONCEPTS = BUILTIN_DIR / "concepts.jsonl"
 BUILTIN_INSTRUCTIONS = BUILTIN_DIR / "instructions.jsonl"
 BUILTIN_STEERING_INSTRUCTIONS = BUILTIN_DIR / "steering_instructions.jsonl"
 
-SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".txt")
 # Accepted spellings of a field, first match wins: AxBench and Neuronpedia exports use these.
 CONCEPT_ALIASES = ("concept", "description")
 REF_ALIASES = ("ref", "url", "neuronpedia_url", "sae_link")
@@ -43,7 +53,6 @@ MAX_CONCEPT_CHARS = 2000
 NEURONPEDIA_FIELDS = ("modelId", "layer", "index")
 NEURONPEDIA_URL = "https://www.neuronpedia.org/{}/{}/{}"  # modelId, layer, index
 # Row-location column carried through loading so errors can point at a line; dropped at the end.
-_WHERE = "__where"
 # A Neuronpedia feature URL ends with the SAE feature index: .../<model>/<sae>/<index>.
 _NEURONPEDIA_INDEX = re.compile(r"neuronpedia\.org/[^/]+/[^/]+/(\d+)/?$")
 
@@ -67,24 +76,24 @@ def load_concepts(path: PathLike | None = None, default_genre: str = "text") -> 
     """
     source = Path(path) if path is not None else BUILTIN_CONCEPTS
     df = read_records(source, text_column="concept", record_hook=_genre_from_genres_map)
-    concept_col = _first_present(df, CONCEPT_ALIASES)
+    concept_col = first_present(df, CONCEPT_ALIASES)
     if concept_col is None:
         raise DataError(
-            f"{source}: missing column 'concept' (found {_user_columns(df)}); add a 'concept' "
+            f"{source}: missing column 'concept' (found {user_columns(df)}); add a 'concept' "
             f"(or 'description') column with one concept description per row."
         )
     # Long (ConceptFD-style) descriptions may span lines; prompts and ids want one line.
-    text = _clean_text(df, concept_col, source, what="concept description")
+    text = clean_text(df, concept_col, source, what="concept description")
     df = df.with_columns(text.str.replace_all(r"\s+", " "))
     df = df.rename({concept_col: "concept"}) if concept_col != "concept" else df
-    _reject_urls(df, source)
-    _reject_long(df, "concept", MAX_CONCEPT_CHARS, source, what="concept description")
+    reject_urls(df, source)
+    reject_long(df, "concept", MAX_CONCEPT_CHARS, source, what="concept description")
     if all(c in df.columns for c in NEURONPEDIA_FIELDS):
         df = _neuronpedia_features(df, source)
-    _reject_duplicates(df, ["concept"], source, what="concept")
+    reject_duplicates(df, ["concept"], source, what="concept")
 
-    genre = _clean_choice(df, "genre", (*GENRES, "auto"), source, default=default_genre)
-    ref_col = _first_present(df, REF_ALIASES)
+    genre = clean_choice(df, "genre", (*GENRES, "auto"), source, default=default_genre)
+    ref_col = first_present(df, REF_ALIASES)
     if ref_col is None:
         ref = pl.Series("ref", [None] * df.height, dtype=pl.String)
     else:
@@ -92,17 +101,17 @@ def load_concepts(path: PathLike | None = None, default_genre: str = "text") -> 
         ref = ref.replace({"": None, "null": None, "None": None})
     sae_id = pl.Series("sae_id", [sae_id_from_ref(r) for r in ref.to_list()], dtype=pl.Int64)
     if "sae_id" in df.columns:
-        sae_id = _clean_int(df, "sae_id", source, required=False).fill_null(sae_id)
+        sae_id = clean_int(df, "sae_id", source, required=False).fill_null(sae_id)
     if "concept_id" in df.columns:
-        concept_id = _clean_int(df, "concept_id", source, required=True)
+        concept_id = clean_int(df, "concept_id", source, required=True)
         negative = concept_id < 0
         if negative.any():
-            row = df.get_column(_WHERE)[int(negative.arg_true()[0])]
+            row = df.get_column(WHERE)[int(negative.arg_true()[0])]
             raise DataError(
                 f"{source}: {row} has a negative 'concept_id'; concept ids must be 0 or more "
                 f"(-1 is reserved for shared negatives)."
             )
-        _reject_duplicates(df.with_columns(concept_id), ["concept_id"], source, what="concept_id")
+        reject_duplicates(df.with_columns(concept_id), ["concept_id"], source, what="concept_id")
     else:
         concept_id = pl.Series("concept_id", range(df.height), dtype=pl.Int64)
 
@@ -119,24 +128,24 @@ def load_instruction_pool(path: PathLike | None = None) -> pl.DataFrame:
     """
     source = Path(path) if path is not None else BUILTIN_INSTRUCTIONS
     df = read_records(source)
-    col = _first_present(df, INSTRUCTION_ALIASES)
+    col = first_present(df, INSTRUCTION_ALIASES)
     if col is None:
         raise DataError(
-            f"{source}: missing column 'instruction' (found {_user_columns(df)}); add an "
+            f"{source}: missing column 'instruction' (found {user_columns(df)}); add an "
             f"'instruction' column with one seed instruction per row."
         )
     for field, allowed in (("genre", GENRES), ("split", POOL_SPLITS)):
         if field not in df.columns:
             raise DataError(
-                f"{source}: missing column '{field}' (found {_user_columns(df)}); give every "
+                f"{source}: missing column '{field}' (found {user_columns(df)}); give every "
                 f"instruction a '{field}', one of {list(allowed)}."
             )
     df = df.with_columns(
-        _clean_choice(df, "genre", GENRES, source),
-        _clean_choice(df, "split", POOL_SPLITS, source),
-        _clean_text(df, col, source, what="instruction").alias("instruction"),
+        clean_choice(df, "genre", GENRES, source),
+        clean_choice(df, "split", POOL_SPLITS, source),
+        clean_text(df, col, source, what="instruction").alias("instruction"),
     )
-    _reject_duplicates(df, ["genre", "instruction"], source, what="instruction")
+    reject_duplicates(df, ["genre", "instruction"], source, what="instruction")
     return df.select("genre", "split", "instruction")
 
 
@@ -173,10 +182,10 @@ def load_genre_instructions(path: PathLike, genre: str) -> pl.DataFrame:
     """
     source = Path(path)
     df = read_records(source)
-    col = _first_present(df, SEED_TEXT_ALIASES)
+    col = first_present(df, SEED_TEXT_ALIASES)
     if col is None:
         raise DataError(
-            f"{source}: no instruction column (found {_user_columns(df)}); the {genre} dataset "
+            f"{source}: no instruction column (found {user_columns(df)}); the {genre} dataset "
             f"needs one of {list(SEED_TEXT_ALIASES)}."
         )
     text = df.get_column(col).cast(pl.String).str.strip_chars()
@@ -193,7 +202,7 @@ def load_genre_instructions(path: PathLike, genre: str) -> pl.DataFrame:
             f"context, empty ones and those of {MAX_SEED_CHARS}+ characters; use a larger file."
         )
     if "split" in df.columns:
-        split = _clean_choice(df, "split", POOL_SPLITS, source)
+        split = clean_choice(df, "split", POOL_SPLITS, source)
     else:
         half = (df.height + 1) // 2
         split = pl.Series("split", ["train"] * half + ["test"] * (df.height - half))
@@ -204,14 +213,14 @@ def load_steering_instructions(path: PathLike | None = None) -> pl.DataFrame:
     """Load AlpacaEval-style steering instructions as DataFrame[instruction], unique, non-empty."""
     source = Path(path) if path is not None else BUILTIN_STEERING_INSTRUCTIONS
     df = read_records(source, text_column="instruction")
-    col = _first_present(df, INSTRUCTION_ALIASES)
+    col = first_present(df, INSTRUCTION_ALIASES)
     if col is None:
         raise DataError(
-            f"{source}: missing column 'instruction' (found {_user_columns(df)}); add an "
+            f"{source}: missing column 'instruction' (found {user_columns(df)}); add an "
             f"'instruction' column with one user instruction per row."
         )
-    df = df.with_columns(_clean_text(df, col, source, what="instruction").alias("instruction"))
-    _reject_duplicates(df, ["instruction"], source, what="instruction")
+    df = df.with_columns(clean_text(df, col, source, what="instruction").alias("instruction"))
+    reject_duplicates(df, ["instruction"], source, what="instruction")
     return df.select("instruction")
 
 
@@ -308,211 +317,6 @@ def sae_id_from_ref(ref: str | None) -> int | None:
     return int(match.group(1)) if match else None
 
 
-# --------------------------------------------------------------------------------------------
-# Reading files
-
-
-def read_records(
-    path: PathLike,
-    *,
-    text_column: str | None = None,
-    record_hook: Callable[[dict], dict] | None = None,
-) -> pl.DataFrame:
-    """Read a table file into a DataFrame plus a row-location column used in error messages.
-
-    .jsonl (one object per line), .json (a list of objects), .csv (header row; read as text),
-    .parquet, and, when `text_column` is given, .txt (one value per non-blank line).
-    `record_hook` rewrites each JSON object before the table is built.
-    """
-    path = Path(path)
-    suffix = path.suffix.lower()
-    allowed = SUFFIXES if text_column else tuple(s for s in SUFFIXES if s != ".txt")
-    if suffix not in allowed:
-        raise DataError(
-            f"{path}: unknown file extension '{suffix}'; use one of {list(allowed)} "
-            f"(rename the file or convert it)."
-        )
-    if not path.is_file():
-        raise DataError(f"{path}: file not found; check the path in the config.")
-    if suffix in (".jsonl", ".json"):
-        records, where = _read_json_records(path, jsonl=suffix == ".jsonl")
-        if record_hook is not None:
-            records = [record_hook(r) for r in records]
-        try:
-            df = pl.DataFrame(records, infer_schema_length=None) if records else pl.DataFrame()
-        except (pl.exceptions.PolarsError, TypeError, ValueError) as err:
-            raise DataError(
-                f"{path}: a field has values of different types across rows ({err}); use one "
-                f"type per field."
-            ) from err
-    elif suffix == ".csv":
-        _read_utf8(path)  # polars' own message would not say how to fix the encoding
-        try:
-            df = pl.read_csv(path, infer_schema=False)
-        except pl.exceptions.PolarsError as err:
-            raise DataError(
-                f"{path}: not a readable CSV file ({err}); write a header row and quote fields "
-                f"that contain commas."
-            ) from err
-        where = [f"data row {i + 1}" for i in range(df.height)]
-    elif suffix == ".parquet":
-        try:
-            df = pl.read_parquet(path)
-        except (pl.exceptions.PolarsError, OSError) as err:
-            raise DataError(f"{path}: not a readable Parquet file ({err}).") from err
-        where = [f"row {i + 1}" for i in range(df.height)]
-    else:  # .txt
-        lines = _read_utf8(path).splitlines()
-        kept = [(i, s) for i, s in enumerate(lines) if s.strip()]
-        df = pl.DataFrame({text_column: [s for _, s in kept]}, schema={text_column: pl.String})
-        where = [f"line {i + 1}" for i, _ in kept]
-    if df.height == 0:
-        raise DataError(f"{path}: the file has no rows; add at least one row.")
-    return df.with_columns(pl.Series(_WHERE, where, dtype=pl.String))
-
-
-def _read_utf8(path: Path) -> str:
-    data = path.read_bytes()
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        line = data.count(b"\n", 0, err.start) + 1
-        raise DataError(
-            f"{path}: line {line} is not UTF-8 text (byte 0x{data[err.start]:02x}); save the "
-            f"file as UTF-8 (e.g. `iconv -f latin1 -t utf-8 old > new`)."
-        ) from None
-
-
-def _read_json_records(path: Path, *, jsonl: bool) -> tuple[list[dict], list[str]]:
-    text = _read_utf8(path)
-    records: list[dict] = []
-    where: list[str] = []
-    if jsonl:
-        for number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(
-                    f"{path}: line {number} is not valid JSON ({err.msg}); write one JSON object "
-                    f"per line."
-                ) from err
-            records.append(obj)
-            where.append(f"line {number}")
-    else:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise DataError(
-                f"{path}: not valid JSON ({err.msg} at line {err.lineno}); the file must hold a "
-                f"list of objects."
-            ) from err
-        if not isinstance(data, list):
-            raise DataError(
-                f"{path}: expected a JSON list of objects, found {type(data).__name__}; use a "
-                f"list, or one object per line in a .jsonl file."
-            )
-        records = data
-        where = [f"item {i + 1}" for i in range(len(data))]
-    for obj, loc in zip(records, where, strict=True):
-        if not isinstance(obj, dict):
-            raise DataError(
-                f"{path}: {loc} is a JSON {type(obj).__name__}, not an object; write each row as "
-                f'{{"field": value, ...}}.'
-            )
-    return records, where
-
-
-# --------------------------------------------------------------------------------------------
-# Column cleaning
-
-
-def _first_present(df: pl.DataFrame, names: Iterable[str]) -> str | None:
-    return next((n for n in names if n in df.columns), None)
-
-
-def _user_columns(df: pl.DataFrame) -> list[str]:
-    return [c for c in df.columns if c != _WHERE]
-
-
-def _clean_text(df: pl.DataFrame, column: str, source: Path, *, what: str) -> pl.Series:
-    """`column` as trimmed strings; raise on a null or blank entry, naming its row."""
-    values = df.get_column(column)
-    if values.dtype != pl.String:
-        if values.dtype.is_nested() or values.dtype == pl.Object:
-            raise DataError(
-                f"{source}: column '{column}' holds {values.dtype} values; it must hold text."
-            )
-        values = values.cast(pl.String)
-    values = values.str.strip_chars()
-    blank = values.is_null() | (values == "")
-    if blank.any():
-        row = df.get_column(_WHERE)[int(blank.arg_true()[0])]
-        raise DataError(
-            f"{source}: {row} has an empty '{column}' ({int(blank.sum())} such row(s)); write "
-            f"the {what} there or delete the row."
-        )
-    return values
-
-
-def _clean_choice(
-    df: pl.DataFrame,
-    column: str,
-    allowed: Sequence[str],
-    source: Path,
-    default: str | None = None,
-) -> pl.Series:
-    """`column` lower-cased and checked against `allowed`; nulls become `default` if given."""
-    if column not in df.columns:
-        return pl.Series(column, [default] * df.height, dtype=pl.String)
-    values = df.get_column(column).cast(pl.String).str.strip_chars().str.to_lowercase()
-    if default is not None:
-        values = values.fill_null(default)
-    bad = values.is_null() | ~values.is_in(list(allowed))
-    if bad.any():
-        i = int(bad.arg_true()[0])
-        value = df.get_column(column)[i]
-        raise DataError(
-            f"{source}: {df.get_column(_WHERE)[i]} has {column} {value!r}; the '{column}' field "
-            f"must be one of {list(allowed)}."
-        )
-    return values
-
-
-def _clean_int(df: pl.DataFrame, column: str, source: Path, *, required: bool) -> pl.Series:
-    """`column` as int64; raise on values that are not whole numbers (or on nulls if required)."""
-    raw = df.get_column(column)
-    if raw.dtype == pl.String:
-        raw = raw.str.strip_chars().replace({"": None})
-    values = raw.cast(pl.Int64, strict=False)
-    bad = values.is_null() & raw.is_not_null()
-    if required:
-        bad = bad | values.is_null()
-    if bad.any():
-        i = int(bad.arg_true()[0])
-        raise DataError(
-            f"{source}: {df.get_column(_WHERE)[i]} has {column} {raw[i]!r}; the '{column}' field "
-            f"must be a whole number{'' if required else ' or empty'}."
-        )
-    return values
-
-
-def _reject_duplicates(df: pl.DataFrame, key: list[str], source: Path, *, what: str) -> None:
-    dup = df.select(*key, _WHERE).with_columns(pl.struct(key).is_duplicated().alias("__dup"))
-    dup = dup.filter(pl.col("__dup"))
-    if dup.height:
-        first = dup.row(0, named=True)
-        same = dup.filter(pl.all_horizontal([pl.col(k) == first[k] for k in key]))
-        rows = ", ".join(same.get_column(_WHERE).to_list()[:5])
-        value = first[key[-1]]
-        raise DataError(
-            f"{source}: the {what} {value!r} appears more than once ({rows}); the '{key[-1]}' "
-            f"field must be unique{' within a genre' if 'genre' in key else ''}, so remove or "
-            f"reword the duplicates."
-        )
-
-
 def _neuronpedia_features(df: pl.DataFrame, source: Path) -> pl.DataFrame:
     """One concept per feature: its first explanation, with the feature's Neuronpedia URL as ref.
 
@@ -521,7 +325,7 @@ def _neuronpedia_features(df: pl.DataFrame, source: Path) -> pl.DataFrame:
     """
     for f in NEURONPEDIA_FIELDS:
         if df.get_column(f).null_count():
-            row = df.get_column(_WHERE)[int(df.get_column(f).is_null().arg_true()[0])]
+            row = df.get_column(WHERE)[int(df.get_column(f).is_null().arg_true()[0])]
             raise DataError(
                 f"{source}: {row} has no '{f}'; a Neuronpedia export needs modelId, layer and "
                 f"index on every explanation."
@@ -537,35 +341,11 @@ def _neuronpedia_features(df: pl.DataFrame, source: Path) -> pl.DataFrame:
             df.height,
         )
     ref = pl.format(NEURONPEDIA_URL, *NEURONPEDIA_FIELDS)
-    if _first_present(keyed, REF_ALIASES) is None:
+    if first_present(keyed, REF_ALIASES) is None:
         keyed = keyed.with_columns(ref.alias("ref"))
     if "sae_id" not in keyed.columns:
         keyed = keyed.with_columns(pl.col("index").alias("sae_id"))
     return keyed
-
-
-def _reject_long(df: pl.DataFrame, column: str, limit: int, source: Path, *, what: str) -> None:
-    lengths = df.get_column(column).str.len_chars()
-    long = lengths > limit
-    if long.any():
-        i = int(long.arg_true()[0])
-        raise DataError(
-            f"{source}: {df.get_column(_WHERE)[i]} has a {what} of {lengths[i]} characters "
-            f"({int(long.sum())} such row(s)), over the {limit} allowed in '{column}'; shorten "
-            f"it, or check that the file holds one {what} per line or row."
-        )
-
-
-def _reject_urls(df: pl.DataFrame, source: Path) -> None:
-    """A concept that is only a URL has no description to synthesize from (and none offline)."""
-    urls = df.get_column("concept").str.contains(r"^https?://\S+$")
-    if urls.any():
-        row = df.get_column(_WHERE)[int(urls.arg_true()[0])]
-        raise DataError(
-            f"{source}: {row} is a URL, not a concept description ({int(urls.sum())} such "
-            f"row(s)); descriptions cannot be fetched offline, so export them (Neuronpedia's "
-            f"explanations JSON, or a CSV with 'description,url' columns)."
-        )
 
 
 def _genre_from_genres_map(record: dict) -> dict:
