@@ -146,8 +146,8 @@ def fitted(lm, rows) -> Callable[[str], dict]:
 @pytest.mark.parametrize("kind", KINDS)
 def test_flags_say_steering_only_and_factor_free(kind):
     cls = method_class(kind)
-    flags = (cls.detects, cls.steering, cls.factor_free, cls.uses_lm)
-    assert flags == (False, "model", True, True)
+    flags = (cls.detects, cls.steering, cls.factor_free, cls.reads_activations)
+    assert flags == (False, "model", True, False)
 
 
 @pytest.mark.parametrize("kind", KINDS)

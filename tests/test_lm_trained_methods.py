@@ -72,7 +72,7 @@ def test_config_file_holds_axbench_settings(kind):
     method = build_method(yaml.safe_load((CONFIG_DIR / f"{kind}.yaml").read_text()))
     assert (method.cfg.lr, method.cfg.epochs, method.cfg.batch_size) == (1e-2, 3, 6)
     cls = method_class(kind)
-    flags = (cls.uses_lm, cls.detects, cls.detect_level, cls.steering, cls.factor_free)
+    flags = (cls.reads_activations, cls.detects, cls.detect_level, cls.steering, cls.factor_free)
     assert flags == (True, True, "token", "add", False)
 
 

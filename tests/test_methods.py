@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from axflow.methods import TokenBatch, build_method, method_class
-from axflow.methods.prompt import STEERING_TEMPLATE, steering_prompt
+from axflow.methods.prompt import steering_prompt
 from axflow.metrics.detection import max_pool, roc_auc
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "config/method"
@@ -155,11 +155,15 @@ def test_random_direction_is_a_floor(concept10_acts):
 
 
 def test_steering_prompt_carries_concept_and_instruction():
-    text = steering_prompt(" references to jazz music ", "Write a haiku about autumn.\n")
+    template = yaml.safe_load((CONFIG_DIR / "prompt.yaml").read_text())["template"]
+    text = steering_prompt(" references to jazz music ", "Write a haiku about autumn.\n", template)
     assert "references to jazz music" in text
     assert text.endswith("Write a haiku about autumn.")
-    assert text == STEERING_TEMPLATE.format(
+    assert text == template.format(
         concept="references to jazz music", instruction="Write a haiku about autumn."
+    )
+    assert build_method({"kind": "prompt"}).prompt_for(" references to jazz music ", "x") == (
+        steering_prompt("references to jazz music", "x", template)
     )
     method = build_method({"kind": "prompt", "template": "{instruction} (mention {concept})"})
     assert method.prompt_for("cats", "Hi") == "Hi (mention cats)"

@@ -182,7 +182,7 @@ def test_sae_own_latent_uses_the_concepts_sae_id_when_loaded(tmp_path):
     np.testing.assert_allclose(params["w_enc"], sae.W_enc[:, 3])
     with pytest.raises(Unmatched, match="not a latent"):
         own.fit(TokenBatch(acts, example, label, sae_id=n), concept="c", seed=0)
-    with pytest.raises(ValueError, match="SAE-A"):
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['latent'\]"):  # SAE-A: by AUROC
         build_method({"kind": "sae_a", "latent": "own"})
 
 

@@ -131,13 +131,8 @@ def test_saelens_config_of_older_releases_and_b_dec_subtraction(trained, concept
 def test_config_file_and_flags(kind):
     # The YAML contract (header, kind, builds) is test_methods.test_config_file_builds_its_method.
     cls = method_class(kind)
-    assert (cls.detects, cls.detect_level, cls.steering, cls.uses_lm, cls.factor_free) == (
-        True,
-        "token",
-        "add",
-        False,
-        False,
-    )
+    flags = (cls.detects, cls.detect_level, cls.steering, cls.reads_activations, cls.factor_free)
+    assert flags == (True, "token", "add", True, False)
     with pytest.raises(ValueError, match="learning_rte"):
         build_method({"kind": kind, "learning_rte": 0.1})
     with pytest.raises(ValueError, match=rf"method\.{kind}\.k"):

@@ -53,18 +53,18 @@ GIVE_UP_AFTER = 8
 class OpenAIJudgeConfig:
     """Keys of config/judge/openai.yaml (besides `name`)."""
 
-    base_url: str = "http://127.0.0.1:8000/v1"
-    model: str = "gpt-4o-mini"
-    temperature: float = 0.7  # AxBench code (evaluate.py); the paper says 1.0
-    max_tokens: int = 512
-    api_key_env: str = "OPENAI_API_KEY"  # unset is fine for local servers
-    max_concurrency: int = 16
-    max_retries: int = 2  # re-asks after an unparseable reply
-    transport_retries: int = 6  # retries of one request after a transient fault
-    backoff_s: float = 1.0  # first wait; doubles per retry up to backoff_max_s
-    backoff_max_s: float = 60.0  # also the longest Retry-After honoured
-    timeout_s: float = 120.0  # deadline of one attempt, however slowly its reply trickles in
-    unparseable: str = "fail"  # fail: re-ask, then a counted failure; zero: score 0 (AxBench)
+    base_url: str
+    model: str
+    temperature: float  # AxBench code (evaluate.py); the paper says 1.0
+    max_tokens: int
+    api_key_env: str  # unset is fine for local servers
+    max_concurrency: int
+    max_retries: int  # re-asks after an unparseable reply
+    transport_retries: int  # retries of one request after a transient fault
+    backoff_s: float  # first wait; doubles per retry up to backoff_max_s
+    backoff_max_s: float  # also the longest Retry-After honoured
+    timeout_s: float  # deadline of one attempt, however slowly its reply trickles in
+    unparseable: str  # fail: re-ask, then a counted failure; zero: score 0 (AxBench)
 
     def __post_init__(self) -> None:
         if self.unparseable not in UNPARSEABLE:

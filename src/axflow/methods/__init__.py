@@ -1,28 +1,32 @@
 """Method registry and the one interface every method implements.
 
-A method is one module in this package: a config dataclass and a `Method` subclass registered
-with `@register("name")`. The workflow never special-cases a method; it reads capability flags:
+A method is one module in this package: a config dataclass (types and checks; the defaults are
+in `config/method/<kind>.yaml`, see `axflow.defaults`) and a `Method` subclass registered with
+`@register("kind")`. The stages never special-case a method; they read capability flags and
+call only what `Method` declares:
 
 - `detects`: the method scores detection-eval examples, so it gets a detect job. `detect_level`
   says how: "token" (`token_scores` on cached activations, max-pooled per example) or
   "sequence" (`sequence_scores` on the examples' texts, e.g. BoW or asking the model).
-- `steering`: "add" (a vector added to the residual stream, strength = factor × the concept's max
-  detection activation), "prompt" (the concept is written into the prompt), "model" (the method
-  changes the model while its concept's rows generate: `steered`) or None (detection only).
+- `steering`: "add" (`steering_vector`, added to the residual stream with strength = factor ×
+  the concept's max detection activation), "prompt" (`prompt_for` writes the concept into the
+  prompt), "model" (`steered` changes the model while its concept's rows generate) or None
+  (detection only).
 - `factor_free`: the steering output ignores the factor, so it is generated once per instruction.
-- `uses_lm`: `fit` needs the language model (`self.runtime.lm`), not just cached activations.
+- `reads_activations`: training or scoring reads the cached residual activations of the
+  configured layer (`TokenBatch.acts`, `token_scores`); False: the method works on the examples'
+  text and the model alone (prompt, BoW, LoReFT, LoRA, SFT), never on `runtime.layer`, so its
+  train job needs neither that layer nor its activations.
 
-Every method config may also set `max_concepts: N` (train only the first N concepts, e.g. for
-full finetuning); a concept that a method cannot represent raises `Unmatched` in `fit`. Both are
-reported per concept, never dropped silently.
+A method that trains through the language model reads it from `self.runtime.lm`, loaded on
+first use, so a method that never touches it never loads it. Every method config may also set
+`max_concepts: N` (train only the first N concepts, e.g. for full finetuning); a concept that a
+method cannot represent raises `Unmatched` in `fit`. Both are reported per concept, never
+dropped silently.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import importlib
-import importlib.util
-import pkgutil
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,8 +34,14 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-_REGISTRY: dict[str, type[Method]] = {}
+from axflow.defaults import build_config
+from axflow.registry import Registry
 
+# Kind -> Method subclass, filled by `@register`; a lookup imports the module named like the
+# kind first, then the whole package.
+METHODS: Registry[type[Method]] = Registry(
+    "method kind", package=__name__, fix="Set `kind` to one of them (config/method/)."
+)
 
 # Config keys every method accepts besides its own dataclass fields (handled by the stages).
 COMMON_KEYS = {"kind", "max_concepts"}
@@ -112,17 +122,13 @@ class Method:
     detect_level: ClassVar[str] = "token"  # "token" | "sequence"
     steering: ClassVar[str | None] = "add"  # "add" | "prompt" | "model" | None
     factor_free: ClassVar[bool] = False
-    uses_lm: ClassVar[bool] = False
+    reads_activations: ClassVar[bool] = True
 
     def __init__(self, cfg: dict[str, Any], runtime: Runtime | None = None):
-        fields = {f.name for f in dataclasses.fields(self.Config)}
-        extra = set(cfg) - fields - COMMON_KEYS
-        if extra:
-            raise ValueError(
-                f"method {self.name!r}: unknown config key(s) {sorted(extra)}; "
-                f"valid keys: {sorted(fields | COMMON_KEYS - {'kind'})}"
-            )
-        self.cfg = self.Config(**{k: v for k, v in cfg.items() if k in fields})
+        """`cfg` is a `method.<name>` slice; keys it leaves out come from the kind's YAML."""
+        self.cfg = build_config(
+            self.Config, cfg, group="method", option=self.name, accept=COMMON_KEYS
+        )
         self.runtime = runtime or Runtime()
 
     def setup(self, data: TokenBatch) -> None:
@@ -141,6 +147,10 @@ class Method:
     ) -> np.ndarray:
         """Detection score per example ([n]) for `detect_level == "sequence"` methods."""
         raise NotImplementedError(f"method {self.name!r} has no sequence-level detection")
+
+    def prompt_for(self, concept: str, instruction: str) -> str:
+        """For `steering == "prompt"`: the user turn that steers towards `concept`."""
+        raise NotImplementedError(f"method {self.name!r} does not steer by prompting")
 
     def steered(self, params: dict[str, np.ndarray]) -> AbstractContextManager[None]:
         """For `steering == "model"`: change `self.runtime.lm` to this concept's model while
@@ -173,36 +183,19 @@ def orient_to_positives(
 
 
 def register(name: str):
-    """Class decorator adding a method to the registry under `name`."""
+    """Class decorator adding a method to the registry under the kind `name`."""
 
     def wrap(cls: type[Method]) -> type[Method]:
-        if name in _REGISTRY:
-            raise ValueError(f"method {name!r} registered twice")
+        METHODS.register(name)(cls)
         cls.name = name
-        _REGISTRY[name] = cls
         return cls
 
     return wrap
 
 
-def _import_all() -> None:
-    for mod in pkgutil.iter_modules(__path__):
-        importlib.import_module(f"{__name__}.{mod.name}")
-
-
 def method_class(kind: str) -> type[Method]:
-    """The registered class for `kind`; a clear error lists the known ones.
-
-    The module named like the kind is imported first, so planning a run does not pay for every
-    method's dependencies; the others are imported only when the kind is elsewhere.
-    """
-    if kind not in _REGISTRY and importlib.util.find_spec(f"{__name__}.{kind}") is not None:
-        importlib.import_module(f"{__name__}.{kind}")
-    if kind not in _REGISTRY:
-        _import_all()
-    if kind not in _REGISTRY:
-        raise KeyError(f"unknown method kind {kind!r}; registered: {sorted(_REGISTRY)}")
-    return _REGISTRY[kind]
+    """The registered class for `kind` (an `UnknownName`, a KeyError, lists the known ones)."""
+    return METHODS.get(kind)
 
 
 def build_method(cfg: dict[str, Any], runtime: Runtime | None = None) -> Method:

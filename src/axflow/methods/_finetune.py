@@ -41,22 +41,22 @@ class FinetunedModel(Method):
     detects = False
     steering = "model"
     factor_free = True
-    uses_lm = True
+    reads_activations = False
 
     loss_history: list[float]  # mean LM loss of every optimiser step of the last `fit`
 
 
 @dataclass
 class FinetuneConfig:
-    """Optimiser settings every finetuning baseline shares; subclasses override the defaults."""
+    """Optimiser settings every finetuning baseline shares (values: config/method/<kind>.yaml)."""
 
-    batch_size: int = 18  # examples per micro-batch
-    grad_accum: int = 2  # micro-batches per optimiser step
-    epochs: int = 24
-    lr: float = 9e-4  # decays linearly to 0 over all steps, no warm-up
-    weight_decay: float = 0.0
-    max_grad_norm: float | None = 1.0  # None: no clipping
-    max_length: int = 256  # tokens per templated example (prompt + response)
+    batch_size: int  # examples per micro-batch
+    grad_accum: int  # micro-batches per optimiser step
+    epochs: int
+    lr: float  # decays linearly to 0 over all steps, no warm-up
+    weight_decay: float
+    max_grad_norm: float | None  # None: no clipping
+    max_length: int  # tokens per templated example (prompt + response)
 
     def __post_init__(self) -> None:
         name = getattr(self, "method_name", "finetune")

@@ -31,12 +31,12 @@ Edit = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, 
 class LMTrainConfig:
     """Optimiser settings every LM-trained rank-1 method shares (AxBench's 2B values)."""
 
-    lr: float = 1e-2  # AdamW, decays linearly to 0, no warm-up
-    epochs: int = 3
-    batch_size: int = 6  # examples per step
-    max_length: int = 128  # tokens kept per templated example (prefix + instruction + response)
-    weight_decay: float = 0.0
-    grad_clip: float = 0.0  # max gradient norm of w before each step; 0 = no clipping
+    lr: float  # AdamW, decays linearly to 0, no warm-up
+    epochs: int
+    batch_size: int  # examples per step
+    max_length: int  # tokens kept per templated example (prefix + instruction + response)
+    weight_decay: float
+    grad_clip: float  # max gradient norm of w before each step; 0 = no clipping
 
     def _check(self, method: str) -> None:
         """Reject impossible values, naming the key (called by each subclass's __post_init__)."""

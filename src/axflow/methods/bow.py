@@ -19,9 +19,9 @@ from axflow.methods import Example, Method, TokenBatch, register
 
 @dataclass
 class BowConfig:
-    C: float = 100.0  # inverse L2 strength (AxBench's best of its grid)
-    max_iter: int = 1000
-    n_features: int = 2**16  # hashing buckets
+    C: float  # inverse L2 strength (AxBench's best of its grid)
+    max_iter: int
+    n_features: int  # hashing buckets
 
     def __post_init__(self) -> None:
         if self.C <= 0 or self.max_iter < 1 or self.n_features < 2:
@@ -40,6 +40,7 @@ class BagOfWords(Method):
     Config = BowConfig
     detect_level = "sequence"
     steering = None
+    reads_activations = False
 
     def _vectorizer(self):
         from sklearn.feature_extraction.text import HashingVectorizer

@@ -20,7 +20,7 @@ from axflow.methods import Method, TokenBatch, orient_to_positives, register
 
 @dataclass
 class LATConfig:
-    orient_sign: bool = True  # flip w so positives project above negatives (not in AxBench)
+    orient_sign: bool  # flip w so positives project above negatives (not in AxBench)
 
 
 @register("lat")

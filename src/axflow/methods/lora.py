@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -44,13 +44,12 @@ ADAPTER = "axflow"  # peft adapter name; one adapter at a time
 @dataclass
 class LoraConfig(FinetuneConfig):
     method_name: ClassVar[str] = "lora"
-    max_grad_norm: float | None = None  # AxBench's LoRA loop does not clip
-    rank: int = 4
-    alpha: float = 32.0
-    dropout: float = 0.05  # peft's adapter dropout (the model itself stays in eval mode)
-    rslora: bool = True  # scale alpha/√rank instead of alpha/rank
-    target_modules: list[str] = field(default_factory=lambda: ["o_proj"])
-    layers: list[int] | None = None  # None: AxBench's 2B blocks scaled to the model's depth
+    rank: int
+    alpha: float
+    dropout: float  # peft's adapter dropout (the model itself stays in eval mode)
+    rslora: bool  # scale alpha/√rank instead of alpha/rank
+    target_modules: list[str]
+    layers: list[int] | None  # None: AxBench's 2B blocks scaled to the model's depth
 
     def __post_init__(self) -> None:
         super().__post_init__()

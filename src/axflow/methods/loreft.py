@@ -58,10 +58,10 @@ from axflow.methods._finetune import (
 @dataclass
 class LoreftConfig(FinetuneConfig):
     method_name: ClassVar[str] = "loreft"
-    rank: int = 4  # r, the subspace dimension
-    layers: list[int] | None = None  # None: AxBench's 2B blocks scaled to the model's depth
-    first_n: int = 5  # pyreft "f5"
-    last_n: int = 5  # pyreft "l5"
+    rank: int  # r, the subspace dimension
+    layers: list[int] | None  # None: AxBench's 2B blocks scaled to the model's depth
+    first_n: int  # pyreft "f5"
+    last_n: int  # pyreft "l5"
 
     def __post_init__(self) -> None:
         super().__post_init__()

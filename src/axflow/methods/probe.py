@@ -66,16 +66,16 @@ TRAIN_POSITIONS = ("after_prefix", "from_1")
 
 @dataclass
 class ProbeConfig:
-    batch_size: int = 12  # examples (sequences) per step
-    epochs: int = 24
-    lr: float = 5e-3
-    weight_decay: float = 1e-3
-    l1_coeff: float = 0.0
-    standardize: bool = True  # fit on (h − μ)/σ per dimension; direction mapped back as w/σ
-    unit_norm: bool = False  # AxBench's unit-norm projection of w before every step
-    l2_coeff: float = 1.0  # l2_coeff · |w|² added to the loss (w only, not the bias)
-    bias: bool = True  # learn a bias b in sigmoid(h·w + b) (AxBench: no bias)
-    train_positions: str = "after_prefix"  # after_prefix | from_1 (AxBench: from position 1)
+    batch_size: int  # examples (sequences) per step
+    epochs: int
+    lr: float
+    weight_decay: float
+    l1_coeff: float
+    standardize: bool  # fit on (h − μ)/σ per dimension; direction mapped back as w/σ
+    unit_norm: bool  # AxBench's unit-norm projection of w before every step
+    l2_coeff: float  # l2_coeff · |w|² added to the loss (w only, not the bias)
+    bias: bool  # learn a bias b in sigmoid(h·w + b) (AxBench: no bias)
+    train_positions: str  # after_prefix | from_1 (AxBench: from position 1)
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.epochs < 1:

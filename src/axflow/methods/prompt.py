@@ -20,28 +20,18 @@ import numpy as np
 
 from axflow.methods import Example, Method, TokenBatch, register
 
-DETECT_TEMPLATE = (
-    "Does the text below contain or clearly refer to this concept: {concept}\n\n"
-    "Text: {text}\n\n"
-    "Answer with Yes or No only."
-)
-STEERING_TEMPLATE = (
-    "Answer the request below. Make this concept a clear and natural part of your whole answer, "
-    "even if the request does not call for it: {concept}\n\n"
-    "Request: {instruction}"
-)
 
-
-def steering_prompt(concept: str, instruction: str, template: str = STEERING_TEMPLATE) -> str:
-    """The user turn that asks the model to follow `instruction` while weaving in `concept`."""
+def steering_prompt(concept: str, instruction: str, template: str) -> str:
+    """The user turn that asks the model to follow `instruction` while weaving in `concept`
+    (`template`: `method.prompt.template`, with {concept} and {instruction})."""
     return template.format(concept=concept.strip(), instruction=instruction.strip())
 
 
 @dataclass
 class PromptConfig:
-    template: str = STEERING_TEMPLATE  # must contain {concept} and {instruction}
-    detect_template: str = DETECT_TEMPLATE  # must contain {concept} and {text}
-    batch_size: int = 16  # detection prompts per forward pass
+    template: str  # must contain {concept} and {instruction}
+    detect_template: str  # must contain {concept} and {text}
+    batch_size: int  # detection prompts per forward pass
 
     def __post_init__(self) -> None:
         for key, value, needed in (
@@ -64,6 +54,7 @@ class Prompt(Method):
     detect_level = "sequence"
     steering = "prompt"
     factor_free = True
+    reads_activations = False
 
     def fit(self, data: TokenBatch, *, concept: str, seed: int) -> dict[str, np.ndarray]:
         return {}

@@ -41,9 +41,8 @@ from axflow.methods._lm_rank1 import (
 
 @dataclass
 class ReftR1Config(LMTrainConfig):
-    grad_clip: float = 1.0
-    topk: int = 8  # latents averaged into the training-time steering magnitude
-    l1_coeff: float = 5e-3  # final weight of the non-top-k latent penalty (warmed up linearly)
+    topk: int  # latents averaged into the training-time steering magnitude
+    l1_coeff: float  # final weight of the non-top-k latent penalty (warmed up linearly)
 
     def __post_init__(self) -> None:
         self._check("reft_r1")
@@ -56,7 +55,6 @@ class ReftR1Config(LMTrainConfig):
 @register("reft_r1")
 class ReftR1(Method):
     Config = ReftR1Config
-    uses_lm = True
 
     # Per-step LM loss (response cross-entropy, before each update) of the last `fit`.
     loss_history: list[float]

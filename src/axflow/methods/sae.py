@@ -51,22 +51,23 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class SAEConfig:
-    source: str = "train"  # train: TopK SAE trained in setup; load: read `path`
-    path: str | None = None  # SAE directory (GemmaScope params.npz or SAELens) for source=load
-    # TopK training (source=train); measured on the default experiment, see config/method/sae.yaml
-    width: int = 4096
-    k: int = 32
-    epochs: int = 5
-    batch_size: int = 1024  # tokens per step
-    lr: float = 2e-3
-    aux_k: int = 256  # dead latents in the AuxK loss (0 disables it)
-    aux_coeff: float = 1 / 32
-    seed: int = 0
-    device: str = "cpu"
-    latent: str = "max_diff"  # max_diff | own (the concept's sae_id, AxBench's SAE row)
+class SAETrainingConfig:
+    """Keys of both SAE rows: where the SAE comes from, and how it is trained."""
 
-    name: ClassVar[str] = "sae"
+    source: str  # train: TopK SAE trained in setup; load: read `path`
+    path: str | None  # SAE directory (GemmaScope params.npz or SAELens) for source=load
+    # TopK training (source=train); measured on the default experiment, see config/method/sae.yaml
+    width: int
+    k: int
+    epochs: int
+    batch_size: int  # tokens per step
+    lr: float
+    aux_k: int  # dead latents in the AuxK loss (0 disables it)
+    aux_coeff: float
+    seed: int
+    device: str
+
+    name: ClassVar[str] = ""
 
     def __post_init__(self) -> None:
         where = f"method.{self.name}"
@@ -86,14 +87,24 @@ class SAEConfig:
             raise ValueError(f"{where}.lr={self.lr} must be > 0")
         if self.aux_k < 0 or self.aux_coeff < 0:
             raise ValueError(f"{where}.aux_k and aux_coeff must be ≥ 0")
-        if self.latent not in ("max_diff", "own"):
-            raise ValueError(f"{where}.latent={self.latent!r} must be 'max_diff' or 'own'")
-        if self.latent == "own" and self.name == "sae_a":
-            raise ValueError(f"{where}.latent=own: SAE-A selects its latent by AUROC")
 
 
 @dataclass
-class SAEAConfig(SAEConfig):
+class SAEConfig(SAETrainingConfig):
+    latent: str  # max_diff | own (the concept's sae_id, AxBench's SAE row)
+
+    name: ClassVar[str] = "sae"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.latent not in ("max_diff", "own"):
+            raise ValueError(f"method.sae.latent={self.latent!r} must be 'max_diff' or 'own'")
+
+
+@dataclass
+class SAEAConfig(SAETrainingConfig):
+    """SAE-A has no `latent` key: it always selects its latent by training AUROC."""
+
     name: ClassVar[str] = "sae_a"
 
 
@@ -105,7 +116,6 @@ class SAE(Method):
     detects = True
     detect_level = "token"
     steering = "add"
-    uses_lm = False
     selection: ClassVar[str] = "mean_diff"  # "mean_diff" (AxBench MaxDiff) | "auroc" (SAE-A)
 
     sae: SparseAutoencoder | None = None
@@ -213,6 +223,9 @@ class SAEA(SAE):
 
     Config = SAEAConfig
     selection = "auroc"
+
+    def _own_latent(self, data: TokenBatch, concept: str) -> int | None:
+        return None  # never the concept's own feature: the best training AUROC
 
 
 def _best_auroc(

@@ -43,10 +43,7 @@ from axflow.methods._finetune import (
 @dataclass
 class SftConfig(FinetuneConfig):
     method_name: ClassVar[str] = "sft"
-    grad_accum: int = 4
-    epochs: int = 8
-    lr: float = 4e-5
-    train_embeddings: bool = True  # the (tied) token embeddings / output projection too
+    train_embeddings: bool  # the (tied) token embeddings / output projection too
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -33,7 +33,7 @@ from axflow.methods._lm_rank1 import (
 
 @dataclass
 class SSVConfig(LMTrainConfig):
-    init: float = 0.01  # every entry of w before training (AxBench fills the weight with 0.01)
+    init: float  # every entry of w before training (AxBench fills the weight with 0.01)
 
     def __post_init__(self) -> None:
         self._check("ssv")
@@ -42,7 +42,6 @@ class SSVConfig(LMTrainConfig):
 @register("ssv")
 class SSV(Method):
     Config = SSVConfig
-    uses_lm = True
 
     # Per-step LM loss (response cross-entropy, before each update) of the last `fit`.
     loss_history: list[float]

@@ -14,7 +14,6 @@ package's `__init__` runs in every job, so it holds only the entry point.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import logging
 import os
@@ -23,9 +22,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from axflow.registry import Registry
+
 log = logging.getLogger("axflow")
 
-# Stage name -> (module in this package, function): the lazy dispatch table.
+# Stage name -> (module in this package, function): the lazy dispatch table. Module names stay
+# relative: a full dotted name in a string here would count as an import of every stage in every
+# stage's code digest (`axflow.codeversion`).
 STAGES: dict[str, tuple[str, str]] = {
     "model": ("model", "prepare_model_stage"),
     "data": ("data", "dataset_stage"),
@@ -39,15 +42,21 @@ STAGES: dict[str, tuple[str, str]] = {
 }
 
 
+_REGISTRY: Registry[Callable[[dict[str, Any]], None]] = Registry(
+    "stage",
+    lazy={name: f"{__name__}.{module}:{function}" for name, (module, function) in STAGES.items()},
+    fix="A job spec's `stage` is written by rules/common.smk.",
+)
+
+
 def stage_module(name: str) -> str:
     """Full name of the module that computes stage `name` (e.g. `axflow.stages.train`)."""
-    return f"{__name__}.{STAGES[name][0]}"
+    return _REGISTRY.module_of(name)
 
 
 def stage_function(name: str) -> Callable[[dict[str, Any]], None]:
     """The function that runs stage `name` on a job spec (its module imported now)."""
-    module, function = STAGES[name]
-    return getattr(importlib.import_module(f"{__name__}.{module}"), function)
+    return _REGISTRY.get(name)
 
 
 def main(argv: list[str] | None = None) -> None:
