@@ -17,7 +17,10 @@ from pathlib import Path
 import psutil
 import pytest
 
+import private_runs
 from axflow.cli import run_resuming
+from axflow.config import compose
+from axflow.plan import make_plan
 from axflow.resume import _runs_snakemake, live_snakemake
 
 SNAKEFILE = """
@@ -185,3 +188,34 @@ def test_snakemake_processes_are_recognised() -> None:
     assert _runs_snakemake(["snakemake", "--unlock"])
     assert not _runs_snakemake(["python", "-m", "axflow.stages", "{}"])
     assert not _runs_snakemake(["grep", "x", "y", "snakemake"])
+
+
+def _kill_when_running(proc: subprocess.Popen, workdir: Path, results: Path, stage: str) -> None:
+    deadline = time.monotonic() + 900
+    while stage not in private_runs.running_stages(workdir, results):
+        assert proc.poll() is None, f"the run ended before {stage} started"
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    private_runs.kill_group(proc)
+
+
+@pytest.mark.slow
+def test_killed_dag_resumes_to_the_clean_result(tmp_path: Path, smollm_dir: Path) -> None:
+    """The smallest real DAG, killed while it extracts activations and its resume killed while
+    it steers, ends equal to a clean run: every artefact, the leaderboard and the call cache."""
+    pr = private_runs
+    workdir = pr.private_workdir(tmp_path / "repo")
+    key = make_plan(compose()).model_key
+    clean, killed, log = tmp_path / "clean", tmp_path / "killed", tmp_path / "run.log"
+    for results in (clean, killed):
+        pr.stage_model(results, smollm_dir, key)
+    assert pr.run(workdir, pr.run_args(clean, "kill9"), log) == 0, log.read_text()[-3000:]
+    for stage in ("extract_activations", "steer"):
+        run = pr.start(workdir, pr.run_args(killed, "kill9"), log)
+        _kill_when_running(run, workdir, killed, stage)
+        assert list((workdir / ".snakemake" / "locks").glob("*.lock"))  # the kill left its lock
+    assert pr.run(workdir, pr.run_args(killed, "kill9"), log) == 0, log.read_text()[-3000:]
+    assert "cleared the lock a stopped run left" in log.read_text()
+    assert not pr.temp_files(killed) and not pr.unreadable(killed)
+    assert pr.differences(clean, killed) == []
+    assert pr.cache_rows(killed / "cache") == pr.cache_rows(clean / "cache")
