@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import os
 import signal
 import sqlite3
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+from polars.testing import assert_frame_equal
 from safetensors import safe_open
 
 REPO = Path(__file__).resolve().parents[1]
@@ -198,10 +200,28 @@ def unreadable(results: Path) -> list[str]:
     return bad
 
 
+# Float tolerance where exact equality is not expected: the embedded judge's perplexities depend
+# on which other sequences share their padded batch, and that follows the job order (which a
+# resume or a concurrent run changes) through the call cache; they differ in the 6th digit.
+REL_TOL = 1e-4
+
+
+def _close(a: object, b: object, rel_tol: float) -> bool:
+    """JSON-like values equal, floats within `rel_tol` of each other."""
+    if isinstance(a, float) and isinstance(b, float):
+        return math.isclose(a, b, rel_tol=rel_tol, abs_tol=0.0)
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_close(a[k], b[k], rel_tol) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_close(x, y, rel_tol) for x, y in zip(a, b, strict=True))
+    return a == b
+
+
 def _json(path: Path, results: Path) -> object:
     obj = json.loads(path.read_text().replace(str(results), "<results>"))
     if isinstance(obj, dict):
         obj.pop("generators", None)  # stats.json: work this process did (calls, cached, seconds)
+        obj.pop("cache_dir", None)  # where the cache lives, not what it holds
     return obj
 
 
@@ -210,14 +230,30 @@ def _tensors(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
         return f.metadata() or {}, {k: f.get_tensor(k) for k in f.keys()}
 
 
-def _report(path: Path) -> str:
-    return path.read_text().split("## Time per rule", 1)[0]  # the rest is wall time per job
+def _report(path: Path) -> list[str]:
+    """report.md without what differs by run, not by result: the wall time per job (its last
+    section) and the generators' call accounting (cache hits, seconds), as in stats.json."""
+    text = path.read_text().split("## Time per rule", 1)[0]
+    return [line for line in text.splitlines() if "from the call cache" not in line]
 
 
-def differences(clean: Path, other: Path) -> list[str]:
+def _frames_equal(a: pl.DataFrame, b: pl.DataFrame, rel_tol: float) -> bool:
+    if a.equals(b):
+        return True
+    if not rel_tol:
+        return False
+    try:
+        assert_frame_equal(a, b, check_exact=False, rel_tol=rel_tol, abs_tol=0.0)
+    except AssertionError:
+        return False
+    return True
+
+
+def differences(clean: Path, other: Path, rel_tol: float = 0.0) -> list[str]:
     """How `other`'s artefacts differ from `clean`'s (empty: identical). Parquet by content,
     safetensors by tensors and metadata, JSON by value (results paths and stats.json's call
-    accounting aside), report.md up to its timing section, anything else byte for byte."""
+    accounting aside), report.md but its timings and accounting, anything else byte for byte.
+    With `rel_tol`, Parquet floats may differ by that much (relative)."""
     diffs = []
     names_a, names_b = set(artefacts(clean)), set(artefacts(other))
     diffs += [f"missing: {rel}" for rel in sorted(names_a - names_b)]
@@ -226,7 +262,7 @@ def differences(clean: Path, other: Path) -> list[str]:
         a, b = clean / rel, other / rel
         try:
             if rel.suffix == ".parquet":
-                same = pl.read_parquet(a).equals(pl.read_parquet(b))
+                same = _frames_equal(pl.read_parquet(a), pl.read_parquet(b), rel_tol)
             elif rel.suffix == ".safetensors":
                 (meta_a, ta), (meta_b, tb) = _tensors(a), _tensors(b)
                 same = meta_a == meta_b and ta.keys() == tb.keys()
@@ -250,3 +286,34 @@ def cache_rows(cache_dir: Path) -> list[tuple[str, str, str, str, str]]:
     with sqlite3.connect(cache_dir / "calls.sqlite") as conn:
         rows = conn.execute("SELECT key, model, params, prompt, response FROM calls").fetchall()
     return sorted(rows)
+
+
+def cache_differences(a: Path, b: Path, rel_tol: float = 0.0) -> list[str]:
+    """How two call caches differ: calls stored twice (under two keys), keys only in one cache,
+    responses that differ (JSON responses compared with floats within `rel_tol`)."""
+    rows_a, rows_b = cache_rows(a), cache_rows(b)
+    diffs = []
+    for label, rows in (("first", rows_a), ("second", rows_b)):
+        doubled = len(rows) - len({tuple(r[1:4]) for r in rows})
+        diffs += [f"{label} cache: {doubled} calls stored twice"] if doubled else []
+    by_a, by_b = {r[0]: r for r in rows_a}, {r[0]: r for r in rows_b}
+    for label, keys in (
+        ("first", by_a.keys() - by_b.keys()),
+        ("second", by_b.keys() - by_a.keys()),
+    ):
+        diffs += [f"only in the {label} cache: {len(keys)} rows"] if keys else []
+    changed = sum(
+        by_a[k][:4] != by_b[k][:4]
+        or not (by_a[k][4] == by_b[k][4] or _json_close(by_a[k][4], by_b[k][4], rel_tol))
+        for k in by_a.keys() & by_b.keys()
+    )
+    return diffs + ([f"responses that differ: {changed}"] if changed else [])
+
+
+def _json_close(a: str, b: str, rel_tol: float) -> bool:
+    if not rel_tol:
+        return False
+    try:
+        return _close(json.loads(a), json.loads(b), rel_tol)
+    except ValueError:
+        return False

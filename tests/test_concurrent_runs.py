@@ -15,6 +15,8 @@ import pytest
 from axflow.config import compose
 from axflow.plan import make_plan
 from private_runs import (
+    REL_TOL,
+    cache_differences,
     cache_rows,
     differences,
     private_workdir,
@@ -47,10 +49,9 @@ def test_concurrent_runs_share_a_cache_without_losing_or_doubling_rows(
         log = tmp_path / f"apart_{n}.log"
         assert run(workdir, run_args(apart[n], n, sequential), log) == 0, log.read_text()[-3000:]
 
-    rows = cache_rows(shared)
-    assert rows == cache_rows(sequential)
-    calls = [(model, params, prompt) for _, model, params, prompt, _ in rows]
-    assert len(calls) == len(set(calls)) > 0  # one row per distinct call
+    # Equal, but for the judge's perplexities in their 6th digit (private_runs.REL_TOL says why).
+    assert len(cache_rows(shared)) == len(cache_rows(sequential)) > 0
+    assert cache_differences(shared, sequential, REL_TOL) == []  # none lost, none twice
     for n in names:
         assert not unreadable(together[n])
-        assert differences(apart[n], together[n]) == [], n
+        assert differences(apart[n], together[n], REL_TOL) == [], n

@@ -202,7 +202,8 @@ def _kill_when_running(proc: subprocess.Popen, workdir: Path, results: Path, sta
 @pytest.mark.slow
 def test_killed_dag_resumes_to_the_clean_result(tmp_path: Path, smollm_dir: Path) -> None:
     """The smallest real DAG, killed while it extracts activations and its resume killed while
-    it steers, ends equal to a clean run: every artefact, the leaderboard and the call cache."""
+    it steers, ends equal to a clean run: every artefact, the leaderboard (exactly) and the call
+    cache."""
     pr = private_runs
     workdir = pr.private_workdir(tmp_path / "repo")
     key = make_plan(compose()).model_key
@@ -217,5 +218,6 @@ def test_killed_dag_resumes_to_the_clean_result(tmp_path: Path, smollm_dir: Path
     assert pr.run(workdir, pr.run_args(killed, "kill9"), log) == 0, log.read_text()[-3000:]
     assert "cleared the lock a stopped run left" in log.read_text()
     assert not pr.temp_files(killed) and not pr.unreadable(killed)
-    assert pr.differences(clean, killed) == []
-    assert pr.cache_rows(killed / "cache") == pr.cache_rows(clean / "cache")
+    # Equal, but for the judge's perplexities in their 6th digit (private_runs.REL_TOL says why).
+    assert pr.differences(clean, killed, pr.REL_TOL) == []
+    assert pr.cache_differences(clean / "cache", killed / "cache", pr.REL_TOL) == []
