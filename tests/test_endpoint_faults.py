@@ -12,6 +12,7 @@ succeed. Calls are counted at the server. Backoffs are tiny (config), so each te
 from __future__ import annotations
 
 import ast
+import json
 import threading
 from pathlib import Path
 
@@ -20,7 +21,9 @@ import pytest
 from axflow.calls import CallCache
 from axflow.data.generators import ChatRequest, OpenAIGenerator
 from axflow.judge import JudgeItem, Rating, build_judge
+from axflow.layout import report_input
 from axflow.lm.openai_compat import EndpointError
+from axflow.report import data_section
 from endpoint_run import TIMEOUTS, counts_by_kind, endpoint_run
 from fault_server import Fault, FaultServer, ok, status
 
@@ -276,7 +279,7 @@ def run(tmp_path_factory, smollm_dir: Path):
     return endpoint_run(tmp_path_factory.getbasetemp() / "endpoint_run", smollm_dir)
 
 
-def test_workflow_data_job_survives_faults_and_reruns_without_calls(run) -> None:
+def test_workflow_data_job_survives_faults_and_reruns_without_calls(run, tmp_path) -> None:
     writer = run.data_stats["generators"]["writer"]
     faults = writer["faults"]
     expected = counts_by_kind(run.data_injected)
@@ -287,6 +290,15 @@ def test_workflow_data_job_survives_faults_and_reruns_without_calls(run) -> None
     assert faults.get("timeout", 0) >= timeouts
     assert writer["retries"] == sum(faults.values())  # each one retried, none ran out
     assert writer["calls"] == writer["requests"] > 0
+    # The report's Data section shows them (from the first run's stats).
+    first = tmp_path / "stats.json"
+    first.write_text(json.dumps(run.data_stats))
+    line = next(
+        x for x in data_section({report_input("data_stats", 0): str(first)}) if "writer" in x
+    )
+    for kind, n in faults.items():
+        assert f"{kind} {n}" in line, line
+    assert f"{writer['retries']} retries after " in line
     # The forced rerun of the data job: every reply from the call cache, none from the server.
     again = run.data_rerun_stats["generators"]["writer"]
     assert run.data_rerun_calls == 0

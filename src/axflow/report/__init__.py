@@ -38,11 +38,16 @@ def data_section(inputs: dict[str, str]) -> list[str]:
             t = totals.setdefault(role, {k: 0 for k in GENERATOR_TOTALS} | {"model": g["model"]})
             for k in GENERATOR_TOTALS:
                 t[k] += g[k]
+            faults = t.setdefault("faults", {})  # failed attempts by kind, each retried
+            for kind, n in g.get("faults", {}).items():
+                faults[kind] = faults.get(kind, 0) + n
     for role, t in totals.items():
+        kinds = ", ".join(f"{k} {n}" for k, n in sorted(t["faults"].items()))
         lines.append(
             f"- {role} generator `{t['model']}`: {t['requests']} requests, {t['cached']} from the "
             f"call cache, {t['calls']} generated ({t['prompt_tokens']} prompt + "
-            f"{t['completion_tokens']} completion tokens, {t['retries']} retries, "
+            f"{t['completion_tokens']} completion tokens, {t['retries']} retries"
+            f"{f' after {kinds}' if kinds else ''}, "
             f"${t['cost_usd']:.4f}, {t['seconds']:.0f} s) when the data job last ran"
         )
     lines += verification_lines(stats)
