@@ -67,6 +67,9 @@ def test_every_section_and_figure_renders_without_errors(browser_page, tiny_run,
         assert page.locator(f"section#{section} h2").inner_text() == title
         text = page.locator(f"section#{section}").inner_text()
         assert len(text) > len(title) + 40, f"section {section} is empty: {text!r}"
+    body = page.locator("body").inner_text()
+    for leak in ("built-in method", " object at 0x", "Undefined"):  # a template reading a bad key
+        assert leak not in body, leak
     images = page.eval_on_selector_all(
         "figure.fig img", "imgs => imgs.map(i => [i.alt, i.complete, i.naturalWidth])"
     )
@@ -188,9 +191,13 @@ def test_snakemake_report_packs_page_figures_and_leaderboard(tiny_run, tmp_path)
     out = tmp_path / "report.zip"
     proc = snakemake("--report", str(out), overrides=run_args(tiny_run))
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    names = zipfile.ZipFile(out).namelist()
-    figures = {Path(n).name for n in names if "/figures/" in n and n.endswith(".png")}
+    archive = zipfile.ZipFile(out)
+    names = archive.namelist()
+    figures = {Path(n).name for n in names if n.endswith(".png")}
     written = {p.name for p in (tiny_run / "tiny" / "figures").glob("*.png")}
     assert figures == written
-    assert any(n.endswith("tiny/report.html") for n in names)
-    assert any(n.endswith("tiny/leaderboard.csv") for n in names)
+    data = [Path(n).name for n in names if "/data/raw/" in n]
+    assert "report.html" in data and "leaderboard.csv" in data
+    index = archive.read(next(n for n in names if n.endswith("/report.html") and "/data/" not in n))
+    for category in ("Report page", "Leaderboard", "Figures"):
+        assert category.encode() in index

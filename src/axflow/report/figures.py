@@ -205,7 +205,7 @@ def validity_figure(groups: Sequence[tuple[str, Sequence[float]]]) -> Figure:
     ax.invert_yaxis()
     ax.set(xlim=(0, 1), xlabel="share of items")
     ax.tick_params(axis="y", labelsize=7)
-    ax.legend(title="score", ncols=3, fontsize=7, title_fontsize=7, loc="lower right")
+    fig.legend(title="score", fontsize=7, title_fontsize=7, loc="outside right upper")
     return fig
 
 

@@ -125,7 +125,7 @@ def judge_context(
         "rows": rows,
         "aurocs": auroc_rows(record),
         "data": record["data"],
-        "items": record["items"],
+        "n_items": record["items"],
         "seconds": record.get("seconds"),
         "code_changed": record.get("judge_code") != judge_code_digest(),
         "agreement": record.get("compare", {}).get("agreement"),

@@ -47,13 +47,15 @@ def validity_rows(record: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per (criterion, ground-truth group): items, failures and the 0/1/2 shares."""
     rows = []
     for criterion in CRITERIA:
-        for group, g in record["criteria"][criterion]["groups"].items():
+        groups = record["criteria"][criterion]["groups"]
+        # Groups expected to score high first, as the bench lists them.
+        for group, g in sorted(groups.items(), key=lambda kv: (-kv[1]["expected"], kv[0])):
             rows.append(
                 {
                     "criterion": criterion,
                     "group": group,
                     "expected": g["expected"],
-                    "items": sum(g["counts"]),
+                    "n_items": sum(g["counts"]),
                     "failures": g.get("failures", 0),
                     "shares": shares(g["counts"]),
                 }
