@@ -79,7 +79,14 @@ def test_config_file_holds_axbench_settings(kind):
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize(
     ("key", "value"),
-    [("lr", 0.0), ("epochs", 0), ("batch_size", 0), ("max_length", 0), ("grad_clip", -1.0)],
+    [
+        ("lr", 0.0),
+        ("epochs", 0),
+        ("batch_size", 0),
+        ("grad_accum", 0),
+        ("max_length", 0),
+        ("max_grad_norm", 0.0),
+    ],
 )
 def test_impossible_settings_are_rejected_by_name(kind, key, value):
     with pytest.raises(ValueError, match=key):

@@ -27,22 +27,24 @@ import torch
 from axflow.lm.finetune import frozen
 from axflow.methods import TokenBatch, register
 from axflow.methods._finetune import (
-    FinetuneConfig,
     FinetunedModel,
     check_layers,
-    is_number,
-    positives_of,
+    encoded_positives,
     resolve_layers,
+)
+from axflow.methods._lm_training import (
+    TrainConfig,
+    is_number,
     response_loss,
     seeded,
-    train_lm,
+    train_through_lm,
 )
 
 ADAPTER = "axflow"  # peft adapter name; one adapter at a time
 
 
 @dataclass
-class LoraConfig(FinetuneConfig):
+class LoraConfig(TrainConfig):
     method_name: ClassVar[str] = "lora"
     rank: int
     alpha: float
@@ -95,21 +97,23 @@ class LoRA(FinetunedModel):
 
     def fit(self, data: TokenBatch, *, concept: str, seed: int) -> dict[str, np.ndarray]:
         lm = self.runtime.lm
-        positives = positives_of(data, method="lora", concept=concept)
+        positives = encoded_positives(
+            lm, data, max_length=self.cfg.max_length, method="lora", concept=concept
+        )
         # Seeded throughout: peft's initialisation and the adapters' dropout draw from it.
         with seeded(seed), self._adapters(init_seed=seed) as adapters:
             trainable = [p for m in adapters.values() for p in _adapter_params(m)]
             for p in trainable:
                 p.requires_grad_(True)
-            self.loss_history = train_lm(
+            self.loss_history = train_through_lm(
                 lm,
                 positives,
                 [{"params": trainable}],
                 self.cfg,
-                seed=seed,
-                loss_of=lambda batch: response_loss(lm.model, batch),
+                order=torch.Generator().manual_seed(seed),
+                loss_of=lambda batch, _progress: {"loss": response_loss(lm.model, batch)},
                 train_modules=[m.lora_dropout for m in adapters.values()],
-            )
+            )["loss"]
             out = {}
             for name, m in adapters.items():
                 out[f"{name}.lora_A"] = _array(m.lora_A[ADAPTER].weight)

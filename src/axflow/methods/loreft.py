@@ -44,19 +44,16 @@ from axflow.lm.models import hidden_size
 from axflow.lm.residual import edit_residual
 from axflow.methods import TokenBatch, register
 from axflow.methods._finetune import (
-    FinetuneConfig,
     FinetunedModel,
     check_layers,
-    positives_of,
+    encoded_positives,
     resolve_layers,
-    response_loss,
-    seeded,
-    train_lm,
 )
+from axflow.methods._lm_training import TrainConfig, response_loss, seeded, train_through_lm
 
 
 @dataclass
-class LoreftConfig(FinetuneConfig):
+class LoreftConfig(TrainConfig):
     method_name: ClassVar[str] = "loreft"
     rank: int  # r, the subspace dimension
     layers: list[int] | None  # None: AxBench's 2B blocks scaled to the model's depth
@@ -122,7 +119,9 @@ class LoReFT(FinetunedModel):
 
     def fit(self, data: TokenBatch, *, concept: str, seed: int) -> dict[str, np.ndarray]:
         cfg, lm = self.cfg, self.runtime.lm
-        positives = positives_of(data, method="loreft", concept=concept)
+        positives = encoded_positives(
+            lm, data, max_length=cfg.max_length, method="loreft", concept=concept
+        )
         layers = self.layers()
         d = hidden_size(lm.model)
         with seeded(seed):
@@ -132,22 +131,22 @@ class LoReFT(FinetunedModel):
         sources = [p for m in interventions for p in m.source.parameters()]
         positions: dict[str, torch.Tensor | None] = {"mask": None}
 
-        def loss_of(batch) -> torch.Tensor:
+        def loss_of(batch, _progress: float) -> dict[str, torch.Tensor]:
             positions["mask"] = prompt_positions(
                 batch.attention_mask, batch.prompt_length, cfg.first_n, cfg.last_n
             ).to(lm.device)
-            return response_loss(lm.model, batch)
+            return {"loss": response_loss(lm.model, batch)}
 
         with frozen(lm.model), self._edits(layers, list(interventions), positions):
-            self.loss_history = train_lm(
+            self.loss_history = train_through_lm(
                 lm,
                 positives,
                 # Never decay R's raw parameter: the parametrisation reads its diagonal as ±1.
                 [{"params": rotations, "weight_decay": 0.0}, {"params": sources}],
                 cfg,
-                seed=seed,
+                order=torch.Generator().manual_seed(seed),
                 loss_of=loss_of,
-            )
+            )["loss"]
         with torch.no_grad():
             return {
                 "rotation": _stack([m.rotate.weight for m in interventions]),

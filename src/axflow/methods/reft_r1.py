@@ -25,27 +25,25 @@ max_length large enough for the responses.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
 
+from axflow.lm.models import hidden_size
 from axflow.methods import Method, TokenBatch, register
-from axflow.methods._lm_rank1 import (
-    LMTrainConfig,
-    hidden_size,
-    relu_scores,
-    require_layer,
-    train_vector,
-)
+from axflow.methods._lm_rank1 import relu_scores, require_layer, train_vector
+from axflow.methods._lm_training import TrainConfig
 
 
 @dataclass
-class ReftR1Config(LMTrainConfig):
+class ReftR1Config(TrainConfig):
+    method_name: ClassVar[str] = "reft_r1"
     topk: int  # latents averaged into the training-time steering magnitude
     l1_coeff: float  # final weight of the non-top-k latent penalty (warmed up linearly)
 
     def __post_init__(self) -> None:
-        self._check("reft_r1")
+        super().__post_init__()
         if self.topk < 1:
             raise ValueError(f"method reft_r1: topk={self.topk} must be ≥ 1")
         if self.l1_coeff < 0:
@@ -70,7 +68,7 @@ class ReftR1(Method):
             )
         layer = require_layer(self.runtime, "reft_r1")
         lm = self.runtime.lm
-        d = hidden_size(lm)
+        d = hidden_size(lm.model)
         gen = torch.Generator().manual_seed(seed)
         bound = 1.0 / d**0.5  # nn.Linear(d, 1)'s default init
         init = (torch.rand(d, generator=gen) * 2 - 1) * bound
@@ -93,7 +91,7 @@ class ReftR1(Method):
             init=init,
             edit=edit,
             generator=gen,
-            aux_weight=lambda step, total: step / total * cfg.l1_coeff,
+            aux_weight=lambda progress: progress * cfg.l1_coeff,
             unit_norm=True,
         )
         self.loss_history, self.penalty_history = trained.lm_loss, trained.aux_loss

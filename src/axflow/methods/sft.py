@@ -30,18 +30,12 @@ import torch
 
 from axflow.lm.finetune import frozen
 from axflow.methods import TokenBatch, register
-from axflow.methods._finetune import (
-    FinetuneConfig,
-    FinetunedModel,
-    positives_of,
-    response_loss,
-    seeded,
-    train_lm,
-)
+from axflow.methods._finetune import FinetunedModel, encoded_positives
+from axflow.methods._lm_training import TrainConfig, response_loss, seeded, train_through_lm
 
 
 @dataclass
-class SftConfig(FinetuneConfig):
+class SftConfig(TrainConfig):
     method_name: ClassVar[str] = "sft"
     train_embeddings: bool  # the (tied) token embeddings / output projection too
 
@@ -69,20 +63,22 @@ class SFT(FinetunedModel):
 
     def fit(self, data: TokenBatch, *, concept: str, seed: int) -> dict[str, np.ndarray]:
         lm = self.runtime.lm
-        positives = positives_of(data, method="sft", concept=concept)
+        positives = encoded_positives(
+            lm, data, max_length=self.cfg.max_length, method="sft", concept=concept
+        )
         trained = self.trained_parameters()
         with _restored(trained) as base, frozen(lm.model):
             for p in trained.values():
                 p.requires_grad_(True)
             with seeded(seed):
-                self.loss_history = train_lm(
+                self.loss_history = train_through_lm(
                     lm,
                     positives,
                     [{"params": list(trained.values())}],
                     self.cfg,
-                    seed=seed,
-                    loss_of=lambda batch: response_loss(lm.model, batch),
-                )
+                    order=torch.Generator().manual_seed(seed),
+                    loss_of=lambda batch, _progress: {"loss": response_loss(lm.model, batch)},
+                )["loss"]
             with torch.no_grad():
                 return {
                     n: (p.detach().float() - base[n].float()).cpu().numpy().astype(np.float16)

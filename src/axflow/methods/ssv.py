@@ -17,26 +17,24 @@ the batches (the init is a constant).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
 
+from axflow.lm.models import hidden_size
 from axflow.methods import Method, TokenBatch, register
-from axflow.methods._lm_rank1 import (
-    LMTrainConfig,
-    hidden_size,
-    relu_scores,
-    require_layer,
-    train_vector,
-)
+from axflow.methods._lm_rank1 import relu_scores, require_layer, train_vector
+from axflow.methods._lm_training import TrainConfig
 
 
 @dataclass
-class SSVConfig(LMTrainConfig):
+class SSVConfig(TrainConfig):
+    method_name: ClassVar[str] = "ssv"
     init: float  # every entry of w before training (AxBench fills the weight with 0.01)
 
     def __post_init__(self) -> None:
-        self._check("ssv")
+        super().__post_init__()
 
 
 @register("ssv")
@@ -63,7 +61,7 @@ class SSV(Method):
             layer,
             positives,
             self.cfg,
-            init=torch.full((hidden_size(lm),), float(self.cfg.init)),
+            init=torch.full((hidden_size(lm.model),), float(self.cfg.init)),
             edit=edit,
             generator=torch.Generator().manual_seed(seed),
         )
