@@ -211,14 +211,24 @@ def main() -> None:
     new_per_request = results["vllm", "steered"][2] / len(steered)
     context = float(np.mean(prompt_lens)) + new_per_request / 2
     fpt = flops_per_token(config, config.num_hidden_layers, context, lm_head=True)
+    # All the work, prompt tokens included (they pass every block; logits come from the last).
+    prompt_fpt = flops_per_token(config, config.num_hidden_layers, float(np.mean(prompt_lens)) / 2)
+    wall, _cpu, generated = results["vllm", "steered"]
+    all_flops = generated * fpt + sum(prompt_lens) * prompt_fpt
     shares = {}
     for name in dtypes:
         peak = max(peaks[name])
         shares[name] = rate(("vllm", "steered")) * fpt / (peak * 1e9)
         print(
             f"{name} GEMM peak: {peak:.1f} GFLOP/s (before {peaks[name][0]:.1f}, after "
-            f"{peaks[name][1]:.1f}); roofline {peak * 1e9 / fpt:.0f} tokens/s"
+            f"{peaks[name][1]:.1f}); roofline {peak * 1e9 / fpt:.0f} tokens/s; steered vLLM "
+            f"FLOP/s with prompt tokens counted: {all_flops / wall / (peak * 1e9):.3f} of peak"
         )
+    print(
+        f"prompt tokens: {sum(prompt_lens)} ({prompt_fpt / 1e6:.1f} MFLOP each), generated "
+        f"{generated}: prompt work caps the generated-token share at "
+        f"{generated * fpt / all_flops:.3f}"
+    )
     print(
         f"FLOPs per generated token: {fpt / 1e6:.1f} MFLOP ({config.num_hidden_layers} blocks + "
         f"vocabulary projection, mean context {context:.0f})"
