@@ -14,6 +14,7 @@ from axflow.layout import (
     report_input,
     report_templates,
     stage_key,
+    train_source,
 )
 from axflow.plan import detect_slice, make_sweep
 from axflow.data.shards import dataset_scope
@@ -119,37 +120,41 @@ def acts_inputs(wildcards):
 
 
 def train_inputs(wildcards):
-    acts = slice_of("train", wildcards.key)["acts"]
-    dkey = stage_key(acts["data"])
-    return {
-        "acts": acts_path(stage_key(acts), "train"),
+    train = slice_of("train", wildcards.key)
+    source = train_source(train)
+    dkey = stage_key(source["data"])
+    inputs = {
         "examples": data_path(dkey, "train"),
         "concepts": data_path(dkey, "concepts"),
-        "model": model_path(
-            stage_key(acts["model"])
-        ),  # loaded only by methods that use it
+        "model": model_path(stage_key(source["model"])),  # loaded only by methods that use it
     }
+    if "acts" in train:
+        inputs["acts"] = acts_path(stage_key(train["acts"]), "train")
+    return inputs
 
 
 def detect_inputs(wildcards):
     tkey = upstream_key("detect", wildcards.key, "train")
-    acts = slice_of("train", tkey)["acts"]
-    dkey = stage_key(acts["data"])
-    return {
+    train = slice_of("train", tkey)
+    source = train_source(train)
+    dkey = stage_key(source["data"])
+    inputs = {
         "params": train_path(wildcards.method, tkey),
-        "acts": acts_path(stage_key(acts), "detect_eval"),
         "examples": data_path(dkey, "detect_eval"),
         "concepts": data_path(dkey, "concepts"),
-        "model": model_path(stage_key(acts["model"])),
+        "model": model_path(stage_key(source["model"])),
     }
+    if "acts" in train:
+        inputs["acts"] = acts_path(stage_key(train["acts"]), "detect_eval")
+    return inputs
 
 
 def steer_inputs(wildcards):
     tkey = upstream_key("steer", wildcards.key, "train")
-    acts = slice_of("train", tkey)["acts"]
-    dkey = stage_key(acts["data"])
+    source = train_source(slice_of("train", tkey))
+    dkey = stage_key(source["data"])
     inputs = {
-        "model": model_path(stage_key(acts["model"])),
+        "model": model_path(stage_key(source["model"])),
         "concepts": data_path(dkey, "concepts"),
         "prompts": data_path(dkey, "steer_prompts"),
         "params": train_path(wildcards.method, tkey),
@@ -165,10 +170,10 @@ def steer_inputs(wildcards):
 
 def judge_inputs(wildcards):
     skey = upstream_key("judge", wildcards.key, "steer")
-    acts = slice_of("judge", wildcards.key)["steer"]["train"]["acts"]
+    source = train_source(slice_of("judge", wildcards.key)["steer"]["train"])
     return {
         "generations": steer_path(wildcards.method, skey),
-        "model": model_path(stage_key(acts["model"])),
+        "model": model_path(stage_key(source["model"])),
     }
 
 
@@ -217,9 +222,9 @@ def timed_jobs(plan):
         ):
             jobs.update((rule, f"{m.name}_{key}") for key in keys)
         for tkey in m.train_keys:
-            acts = slice_of("train", tkey)["acts"]
-            jobs.add(("prepare_model", stage_key(acts["model"])))
-            jobs.add(("dataset", stage_key(acts["data"])))
+            source = train_source(slice_of("train", tkey))
+            jobs.add(("prepare_model", stage_key(source["model"])))
+            jobs.add(("dataset", stage_key(source["data"])))
     jobs.update(("dataset", s.data_key) for s in plan.shards)
     return jobs
 

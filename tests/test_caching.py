@@ -243,9 +243,24 @@ def test_sweep_shares_upstream_work(tmp_path):
 def test_sweep_over_a_finished_cell_runs_only_the_new_cells(base):
     layer = compose(base)["model"]["layer"]
     jobs = planned_jobs([*base, f"model.layer={layer},{layer + 1}"])
-    # The finished layer's jobs are reused; the new layer runs everything below the data.
+    # The finished layer's jobs are reused; the new layer runs everything below the data, for
+    # the one method that reads activations (prompt and BoW are layer-free: reused as well).
     assert "dataset" not in jobs and jobs["extract_activations"] == 3 * 2
-    assert jobs["train"] == 9 and jobs["report"] == 2 and jobs["sweep_report"] == 1
+    assert jobs["train"] == jobs["detect"] == jobs["steer"] == jobs["judge"] == 3
+    assert jobs["report"] == 2 and jobs["sweep_report"] == 1
+
+
+def test_layer_sweep_computes_layer_free_methods_once(tmp_path):
+    fresh = [
+        "method=[diffmean,prompt,bow]",
+        "model.layer=6,12",
+        f"results_dir={tmp_path / 'results'}",
+        f"cache_dir={tmp_path / 'cache'}",
+    ]
+    jobs = planned_jobs(fresh)
+    # diffmean once per layer; prompt and BoW once in all (their slices hold no layer).
+    assert jobs["train"] == jobs["detect"] == 2 + 1 + 1  # prompt detects too
+    assert jobs["steer"] == jobs["judge"] == 2 + 1
 
 
 def test_profiles_dry_run(base):

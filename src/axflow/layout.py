@@ -44,6 +44,12 @@ def stage_key(slice_: Any) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
+def train_source(train_slice: dict[str, Any]) -> dict[str, Any]:
+    """What a train job reads: its activations' slice (`data`, `model`, `layer`, ...) or, for a
+    method that reads no activations, its examples' slice (`data`, `model`; no layer)."""
+    return train_slice["acts"] if "acts" in train_slice else train_slice["examples"]
+
+
 @dataclass(frozen=True)
 class Layout:
     """The artefact paths under one `results_dir`."""

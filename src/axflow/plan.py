@@ -183,8 +183,15 @@ def make_plan(cfg: dict[str, Any]) -> Plan:
             judge_keys=[],
         )
         for acts_slice in acts_slices:
+            # A method that reads no activations trains on the examples alone: no layer in its
+            # slice, so a layer sweep computes it once.
+            source = (
+                {"acts": acts_slice}
+                if cls.reads_activations
+                else {"examples": {k: acts_slice[k] for k in ("data", "model")}}
+            )
             train_slice = {
-                "acts": acts_slice,
+                **source,
                 "method": mcfg,
                 "method_name": name,
                 "seed": cfg["seed"],

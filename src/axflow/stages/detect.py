@@ -9,7 +9,7 @@ import numpy as np
 import polars as pl
 
 from axflow import store
-from axflow.stages.train import concept_params, read_examples, runtime
+from axflow.stages.train import concept_params, read_examples, read_tokens, runtime
 
 
 def detect_stage(spec: dict[str, Any]) -> None:
@@ -19,7 +19,7 @@ def detect_stage(spec: dict[str, Any]) -> None:
     s = spec["slice"]["train"]  # detect's own slice: the train slice and the detect code
     method = build_method(s["method"], runtime(spec, s))
     tensors, _ = store.read_tensors(spec["input"]["params"])
-    meta, X = store.read_activations(spec["input"]["acts"])
+    meta, X = read_tokens(spec)
     examples = read_examples(spec["input"]["examples"])
     concepts = {
         c["concept_id"]: c["concept"]
@@ -44,7 +44,7 @@ def detect_stage(spec: dict[str, Any]) -> None:
             ]
         cats = np.array([examples[k].category for k in ex_ids])
         example_of_token = token_examples[idx]
-        positions = meta["position"].to_numpy()[idx]
+        positions = meta["position"].to_numpy()[idx] if scores is not None else None
         tokens = meta["token"].to_numpy()[idx] if scores is not None else None
         for j, ex in enumerate(ex_ids):
             record = {

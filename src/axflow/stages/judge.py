@@ -9,6 +9,7 @@ from typing import Any
 import polars as pl
 
 from axflow import store
+from axflow.layout import train_source
 from axflow.stages._common import target_model_id
 
 
@@ -21,7 +22,7 @@ def judge_stage(spec: dict[str, Any]) -> None:
     s = spec["slice"]
     gens = store.read_table(spec["input"]["generations"], "generations").to_pylist()
     model_dir = weights_dir(Path(spec["input"]["model"]))
-    model_id = target_model_id(s["steer"]["train"]["acts"]["model"])
+    model_id = target_model_id(train_source(s["steer"]["train"])["model"])
     with served(s["judge"], group="judge", target_dir=model_dir, target_id=model_id) as cfg:
         judge = build_judge(cfg, model_dir=str(model_dir), cache=open_cache(spec["cache_dir"]))
         items = [JudgeItem(g["concept"], g["instruction"], g["generation"]) for g in gens]

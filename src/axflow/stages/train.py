@@ -18,12 +18,26 @@ log = logging.getLogger("axflow")
 
 def runtime(spec: dict[str, Any], train_slice: dict[str, Any]):
     """The method's `Runtime`: the job's model (loaded lazily) at the slice's layer."""
+    from axflow.layout import train_source
     from axflow.methods import Runtime
 
-    acts = train_slice["acts"]
-    mcfg = acts["model"]["model"]
+    source = train_source(train_slice)
+    mcfg = source["model"]["model"]
     model = spec["input"].get("model")
-    return Runtime(model, layer=acts["layer"], dtype=mcfg["dtype"], chat=mcfg["chat"])
+    return Runtime(model, layer=source.get("layer"), dtype=mcfg["dtype"], chat=mcfg["chat"])
+
+
+def read_tokens(spec: dict[str, Any]):
+    """(token metadata, activations) of the job's examples: the cached activations or, for a
+    method that reads none, one zero-width row per example (its id, concept, category, genre)."""
+    if "acts" in spec["input"]:
+        return store.read_activations(spec["input"]["acts"])
+    import polars as pl
+
+    ex = pl.from_arrow(store.read_table(spec["input"]["examples"], "examples"))
+    meta = ex.select("concept_id", "category", "concept_genre").with_row_index("example_id")
+    meta = meta.with_columns(pl.col("example_id").cast(pl.Int64))
+    return meta, np.zeros((meta.height, 0), np.float32)
 
 
 def read_examples(path: str):
@@ -51,7 +65,7 @@ def train_stage(spec: dict[str, Any]) -> None:
     s = spec["slice"]
     method = build_method(s["method"], runtime(spec, s))
     concepts = store.read_table(spec["input"]["concepts"], "concepts").to_pylist()
-    meta, X = store.read_activations(spec["input"]["acts"])
+    meta, X = read_tokens(spec)
     examples = read_examples(spec["input"]["examples"])
     example_ids = meta["example_id"].to_numpy()
 
