@@ -57,8 +57,9 @@ STAGE_OF = {
     "judge": "judge",
 }
 # Not compared: per-run timings and logs, the shared stand-in model, the call cache (compared
-# on its own: `cache_rows`).
+# on its own: `cache_differences`), and report.html (report.md's content with per-run timings).
 SKIP_DIRS = {"logs", "benchmarks", "models", "cache"}
+SKIP_FILES = {"report.html"}
 
 
 def private_workdir(dest: Path, ref: str | None = None) -> Path:
@@ -177,7 +178,8 @@ def artefacts(results: Path) -> list[Path]:
     out = []
     for path in results.rglob("*"):
         rel = path.relative_to(results)
-        if path.is_file() and rel.parts[0] not in SKIP_DIRS and not path.name.startswith("."):
+        skipped = rel.parts[0] in SKIP_DIRS or path.name in SKIP_FILES or path.name[0] == "."
+        if path.is_file() and not skipped:
             out.append(rel)
     return sorted(out)
 
@@ -217,17 +219,24 @@ def _close(a: object, b: object, rel_tol: float) -> bool:
     return a == b
 
 
+def _untimed(obj: object) -> object:
+    """`obj` without the wall times it records (keys naming seconds)."""
+    if isinstance(obj, dict):
+        return {k: _untimed(v) for k, v in obj.items() if "seconds" not in k}
+    return [_untimed(v) for v in obj] if isinstance(obj, list) else obj
+
+
 def _json(path: Path, results: Path) -> object:
     obj = json.loads(path.read_text().replace(str(results), "<results>"))
     if isinstance(obj, dict):
-        obj.pop("generators", None)  # stats.json: work this process did (calls, cached, seconds)
+        obj.pop("generators", None)  # stats.json: work this process did (calls, cached hits)
         obj.pop("cache_dir", None)  # where the cache lives, not what it holds
-    return obj
+    return _untimed(obj)
 
 
-def _tensors(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
+def _tensors(path: Path) -> tuple[object, dict[str, np.ndarray]]:
     with safe_open(path, "np") as f:
-        return f.metadata() or {}, {k: f.get_tensor(k) for k in f.keys()}
+        return _untimed(f.metadata() or {}), {k: f.get_tensor(k) for k in f.keys()}
 
 
 def _report(path: Path) -> list[str]:
@@ -251,8 +260,8 @@ def _frames_equal(a: pl.DataFrame, b: pl.DataFrame, rel_tol: float) -> bool:
 
 def differences(clean: Path, other: Path, rel_tol: float = 0.0) -> list[str]:
     """How `other`'s artefacts differ from `clean`'s (empty: identical). Parquet by content,
-    safetensors by tensors and metadata, JSON by value (results paths and stats.json's call
-    accounting aside), report.md but its timings and accounting, anything else byte for byte.
+    safetensors by tensors and metadata, JSON by value (results paths, wall times and stats.json's
+    call accounting aside), report.md but its timings and accounting, anything else byte for byte.
     With `rel_tol`, Parquet floats may differ by that much (relative)."""
     diffs = []
     names_a, names_b = set(artefacts(clean)), set(artefacts(other))
