@@ -200,10 +200,11 @@ def report_inputs(wildcards):
             inputs[report_input("generations", s, m.name)] = steer_path(m.name, skey)
     for i, (rule, name) in enumerate(sorted(timed_jobs(plan))):
         inputs[report_input("bench", i, rule)] = bench_path(rule, name)
+    # Files of the repository, not results: `local` keeps a storage profile from prefixing them.
     for i, path in enumerate(report_templates()):
-        inputs[report_input("template", i)] = path
+        inputs[report_input("template", i)] = local(path)
     if judge_validity_record(plan.cfg).exists():
-        inputs[report_input("judge_validity", 0)] = str(judge_validity_record(plan.cfg))
+        inputs[report_input("judge_validity", 0)] = local(str(judge_validity_record(plan.cfg)))
     return inputs
 
 

@@ -88,7 +88,7 @@ def test_code_edit_reruns_what_the_code_computes(base):
 def test_detect_code_edit_reruns_detect_and_what_reads_it(base):
     # Detection code: every detect job, steer and judge of the additive method (its strength is
     # the max detection activation), the report; no training.
-    detect = REPO_ROOT / "src/axflow/stages/detect.py"
+    detect = REPO_ROOT / "src/axflow/protocol/detection.py"  # what the detect stage calls
     with edited(detect, ('"max_act": float(maxes.max())', '"max_act": 1.0 * float(maxes.max())')):
         jobs = planned_jobs(base)
     assert jobs == {"detect": 9, "steer": 3, "judge": 3, "report": 1, "all": 1}
