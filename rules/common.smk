@@ -126,7 +126,9 @@ def train_inputs(wildcards):
     inputs = {
         "examples": data_path(dkey, "train"),
         "concepts": data_path(dkey, "concepts"),
-        "model": model_path(stage_key(source["model"])),  # loaded only by methods that use it
+        "model": model_path(
+            stage_key(source["model"])
+        ),  # loaded only by methods that use it
     }
     if "acts" in train:
         inputs["acts"] = acts_path(stage_key(train["acts"]), "train")
@@ -204,7 +206,9 @@ def report_inputs(wildcards):
     for i, path in enumerate(report_templates()):
         inputs[report_input("template", i)] = local(path)
     if judge_validity_record(plan.cfg).exists():
-        inputs[report_input("judge_validity", 0)] = local(str(judge_validity_record(plan.cfg)))
+        inputs[report_input("judge_validity", 0)] = local(
+            str(judge_validity_record(plan.cfg))
+        )
     return inputs
 
 
