@@ -32,6 +32,7 @@ from axflow.lm.openai_compat import (
     check_no_secrets,
     client_for,
     endpoint_error,
+    gather_or_cancel,
     redacted,
 )
 from axflow.registry import Registry
@@ -201,17 +202,9 @@ class OpenAIGenerator(CachedGenerator):
         client = client_for(self.cfg)
         gate = asyncio.Semaphore(self.cfg.max_concurrency)
         try:
-            tasks = [
-                asyncio.ensure_future(self._one(client, gate, r, p))
-                for r, p in zip(requests, params, strict=True)
-            ]
-            try:
-                return list(await asyncio.gather(*tasks))
-            except BaseException:
-                for t in tasks:  # an endpoint-wide error: drop the queued calls
-                    t.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
-                raise
+            return await gather_or_cancel(
+                self._one(client, gate, r, p) for r, p in zip(requests, params, strict=True)
+            )
         finally:
             await client.close()
             self.stats.retries = self.faults["retries"]

@@ -39,6 +39,7 @@ from axflow.lm.openai_compat import (
     client_for,
     endpoint_error,
     fault_kind,
+    gather_or_cancel,
     redacted,
 )
 
@@ -151,18 +152,9 @@ class OpenAIJudge:
         client = client_for(self.cfg)
         gate = asyncio.Semaphore(self.cfg.max_concurrency)
         try:
-            tasks = [
-                asyncio.ensure_future(self._score(client, gate, item, aspect))
-                for item in items
-                for aspect in ASPECTS
-            ]
-            try:
-                return list(await asyncio.gather(*tasks))
-            except BaseException:
-                for t in tasks:  # an endpoint-wide error: drop the queued calls
-                    t.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
-                raise
+            return await gather_or_cancel(
+                self._score(client, gate, item, aspect) for item in items for aspect in ASPECTS
+            )
         finally:
             await client.close()
 

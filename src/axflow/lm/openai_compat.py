@@ -186,6 +186,19 @@ def client_for(cfg: Any) -> openai.AsyncOpenAI:
     )
 
 
+async def gather_or_cancel(coros) -> list:
+    """Every result in order; when one call raises (an endpoint-wide error), the queued calls
+    are cancelled and awaited before the error propagates, so none outlives the client."""
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+
+
 def endpoint_error(
     err: BaseException, *, group: str, base_url: str, model: str, api_key_env: str, attempts: int
 ) -> EndpointError | None:
