@@ -24,6 +24,21 @@ def _md_table(df: pl.DataFrame) -> str:
     return "\n".join([head, sep, *body])
 
 
+def generator_totals(stats: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per writer role, its calls, tokens, cost and failed attempts by kind (each retried),
+    summed over every shard's data job."""
+    totals: dict[str, dict[str, Any]] = {}
+    for s in stats:
+        for role, g in s.get("generators", {}).items():
+            t = totals.setdefault(role, {k: 0 for k in GENERATOR_TOTALS} | {"model": g["model"]})
+            for k in GENERATOR_TOTALS:
+                t[k] += g[k]
+            faults = t.setdefault("faults", {})
+            for kind, n in g.get("faults", {}).items():
+                faults[kind] = faults.get(kind, 0) + n
+    return totals
+
+
 def data_section(inputs: dict[str, str]) -> list[str]:
     """Examples per concept and category, and what synthesis cost (all shards' data jobs)."""
     stats = [store.read_json(p) for _, p in run_inputs(inputs, "data_stats")]
@@ -32,16 +47,7 @@ def data_section(inputs: dict[str, str]) -> list[str]:
     counts = pl.DataFrame([c for s in stats for c in s["counts"]]).sort("concept_id")
     lines = ["", "## Data", "", "Examples per concept (train negatives: the genre's shared pool):"]
     lines += ["", _md_table(counts), ""]
-    totals: dict[str, dict[str, Any]] = {}
-    for s in stats:
-        for role, g in s.get("generators", {}).items():
-            t = totals.setdefault(role, {k: 0 for k in GENERATOR_TOTALS} | {"model": g["model"]})
-            for k in GENERATOR_TOTALS:
-                t[k] += g[k]
-            faults = t.setdefault("faults", {})  # failed attempts by kind, each retried
-            for kind, n in g.get("faults", {}).items():
-                faults[kind] = faults.get(kind, 0) + n
-    for role, t in totals.items():
+    for role, t in generator_totals(stats).items():
         kinds = ", ".join(f"{k} {n}" for k, n in sorted(t["faults"].items()))
         lines.append(
             f"- {role} generator `{t['model']}`: {t['requests']} requests, {t['cached']} from the "

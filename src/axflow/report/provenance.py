@@ -13,7 +13,7 @@ import polars as pl
 
 from axflow import store
 from axflow.layout import REPO_ROOT, judge_validity_record, run_inputs
-from axflow.report import GENERATOR_TOTALS, RULE_ORDER, benchmark_seconds
+from axflow.report import RULE_ORDER, benchmark_seconds, generator_totals
 from axflow.report import figures as F
 from axflow.report.validity import auroc_rows, judge_code_digest, read_validity, validity_rows
 
@@ -47,13 +47,7 @@ def data_context(inputs: dict[str, str]) -> dict[str, Any]:
         return out
     out["counts"] = [c for s in stats for c in s["counts"]]
     out["counts"].sort(key=lambda c: c["concept_id"])
-    totals: dict[str, dict[str, Any]] = {}
-    for s in stats:
-        for role, g in s.get("generators", {}).items():
-            t = totals.setdefault(role, {k: 0 for k in GENERATOR_TOTALS} | {"model": g["model"]})
-            for k in GENERATOR_TOTALS:
-                t[k] += g[k]
-    out["generators"] = [{"role": role, **t} for role, t in totals.items()]
+    out["generators"] = [{"role": role, **t} for role, t in generator_totals(stats).items()]
     checked = [s["verification"] for s in stats if s.get("verification", {}).get("per_concept")]
     if checked:
         rows = pl.DataFrame([r for v in checked for r in v["per_concept"]])
