@@ -39,6 +39,7 @@ from typing import Any
 
 from axflow.judge import CallCache, JudgeItem, Rating, config_from_dict, register_judge
 from axflow.lm.similarity import SIM_MODEL, load_embedder, minilm_similarities
+from axflow.progress import progress_bar
 
 # Bump when a measurement's definition changes, so old cached values are not reused.
 _MEASURE_VERSION = 1
@@ -139,8 +140,10 @@ def sequence_perplexities(
     *,
     batch_size: int = 8,
     max_length: int = 512,
+    progress: str | None = None,
 ) -> list[float | None]:
     """exp(mean NLL) of each generation given its instruction; None for an empty generation.
+    `progress` labels a bar of sequences scored on stderr (None: no bar).
 
     Sequences are left-padded so every generation ends at the last position, which lets the model
     compute logits for the generation span only (`logits_to_keep`).
@@ -155,6 +158,7 @@ def sequence_perplexities(
     )
     device = next(model.parameters()).device
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
+    bar = progress_bar(len(order), progress, "seq") if progress else None
     for start in range(0, len(order), batch_size):
         batch = order[start : start + batch_size]
         seqs = [encoded[k][0] + encoded[k][1] for k in batch]
@@ -180,6 +184,10 @@ def sequence_perplexities(
         mean_nll = (nll * in_gen).sum(-1) / gen_lens
         for k, value in zip(batch, mean_nll.tolist(), strict=True):
             out[k] = math.exp(value) if value < 700 else math.inf
+        if bar is not None:
+            bar.update(len(batch))
+    if bar is not None:
+        bar.close()
     return out
 
 
@@ -284,6 +292,7 @@ class EmbeddedJudge:
                 [(items[k].instruction, items[k].generation) for k in todo],
                 batch_size=self.cfg.batch_size,
                 max_length=self.cfg.max_length,
+                progress="judge perplexity",
             )
             fresh = [json.dumps({"perplexity": v}) for v in values]
             self.cache.put_many(

@@ -42,6 +42,7 @@ from axflow.lm.openai_compat import (
     gather_or_cancel,
     redacted,
 )
+from axflow.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -151,11 +152,20 @@ class OpenAIJudge:
     async def _rate(self, items: list[JudgeItem]) -> list[float | None]:
         client = client_for(self.cfg)
         gate = asyncio.Semaphore(self.cfg.max_concurrency)
+        bar = progress_bar(len(items) * len(ASPECTS), "judge", "prompt")
+
+        async def counted(item: JudgeItem, aspect: str) -> float | None:
+            try:
+                return await self._score(client, gate, item, aspect)
+            finally:
+                bar.update()
+
         try:
             return await gather_or_cancel(
-                self._score(client, gate, item, aspect) for item in items for aspect in ASPECTS
+                counted(item, aspect) for item in items for aspect in ASPECTS
             )
         finally:
+            bar.close()
             await client.close()
 
     async def _score(self, client, gate, item: JudgeItem, aspect: str) -> float | None:

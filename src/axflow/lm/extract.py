@@ -11,6 +11,7 @@ import torch
 from axflow.lm.models import LoadedModel
 from axflow.lm.prompts import shared_prefix_length, tokenize_example
 from axflow.lm.residual import capture_residual
+from axflow.progress import progress_bar
 
 
 @dataclass
@@ -31,6 +32,7 @@ def extract_residuals(
     positions: str = "all",
     max_length: int = 256,
     batch_tokens: int = 8192,
+    progress: str | None = None,
 ) -> Iterator[ExampleActivations]:
     """Yield layer-`layer` (or `layers`) activations for each (instruction, response) example.
 
@@ -41,7 +43,7 @@ def extract_residuals(
     AxBench does); `"response"` keeps response tokens only; `"from_1"` keeps every token from
     position 1 on (all but the first, chat-template tokens included: what AxBench's probe trains
     on). Examples are batched by length and the forward pass stops after the hooked block.
-    Yields in input order.
+    Yields in input order. `progress` labels a bar of tokens read on stderr (None: no bar).
     """
     if positions not in ("all", "response", "from_1"):
         raise ValueError(f"positions={positions!r}; use 'all', 'response' or 'from_1'")
@@ -54,6 +56,8 @@ def extract_residuals(
     prefix = shared_prefix_length(tok, lm.chat)
     encoded = [tokenize_example(tok, i, r, lm.chat, max_length) for i, r in examples]
     order = sorted(range(len(encoded)), key=lambda k: len(encoded[k][0]))
+    # Batches run shortest first but yield in input order, so the bar counts batches done.
+    bar = progress_bar(sum(len(e[0]) for e in encoded), progress, "tok") if progress else None
     results: dict[int, ExampleActivations] = {}
     next_out = 0
     start = 0
@@ -78,6 +82,8 @@ def extract_residuals(
             attention_mask=mask.to(lm.device),
         )
         hidden = {lay: out.float().cpu().numpy() for lay, out in zip(wanted, outputs, strict=True)}
+        if bar is not None:
+            bar.update(sum(len(encoded[k][0]) for k in batch))
         for row, k in enumerate(batch):
             seq, response_start = encoded[k]
             first = {"response": response_start, "from_1": 1}.get(positions, prefix)
@@ -93,3 +99,5 @@ def extract_residuals(
         while next_out in results:
             yield results.pop(next_out)
             next_out += 1
+    if bar is not None:
+        bar.close()

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from axflow.lm.models import LoadedModel, hidden_size
 from axflow.lm.residual import add_to_residual, edit_residual
+from axflow.progress import progress_bar
 
 
 @dataclass
@@ -37,8 +37,10 @@ def generate(
     temperature: float = 1.0,
     batch_size: int = 32,
     chat: bool | None = None,
+    progress: str | None = "generate",
 ) -> list[str]:
-    """Sample a continuation for each request (greedy when temperature == 0)."""
+    """Sample a continuation for each request (greedy when temperature == 0); `progress`
+    labels a bar of sequences done on stderr (None: no bar)."""
     tok = lm.tokenizer
     chat = lm.chat if chat is None else chat
     d = hidden_size(lm.model)
@@ -46,7 +48,7 @@ def generate(
     encoded = [tok(r.prompt, add_special_tokens=not chat)["input_ids"] for r in requests]
     order = sorted(range(len(requests)), key=lambda k: len(encoded[k]))
     outputs: list[str] = [""] * len(requests)
-    progress = tqdm(total=len(requests), unit="seq", desc="generate", mininterval=15)
+    bar = progress_bar(len(requests), progress, "seq") if progress else None
     for start in range(0, len(order), batch_size):
         batch = order[start : start + batch_size]
         width = max(len(encoded[k]) for k in batch)
@@ -70,8 +72,10 @@ def generate(
             new_tokens = _sample(lm, ids, mask, gens, stop_ids, max_new_tokens, temperature)
         for row, k in enumerate(batch):
             outputs[k] = tok.decode(new_tokens[row], skip_special_tokens=True).strip()
-        progress.update(len(batch))
-    progress.close()
+        if bar is not None:
+            bar.update(len(batch))
+    if bar is not None:
+        bar.close()
     return outputs
 
 

@@ -25,7 +25,10 @@ def activations_stage(spec: dict[str, Any]) -> None:
     cols: dict[str, list] = {f.name: [] for f in store.SCHEMAS["activations"]}
     acts: list[np.ndarray] = []
     t0, n_tok = time.time(), 0
-    for item in extract_residuals(lm, pairs, layer=s["layer"], **s["extraction"]):
+    extracted = extract_residuals(
+        lm, pairs, layer=s["layer"], progress="extract activations", **s["extraction"]
+    )
+    for item in extracted:
         n = len(item.positions)
         n_tok += n
         k = item.index
