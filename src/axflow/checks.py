@@ -48,7 +48,7 @@ SAE_KINDS = ("sae", "sae_a")
 
 def check_inputs(cfg: dict[str, Any]) -> None:
     """Raise `ConfigError` on the first input the run could not use; see the module docstring."""
-    shape = _check_model(cfg["model"])
+    shape = check_model(cfg["model"])
     if shape is not None and cfg["model"]["layer"] >= shape.layers:
         layer = cfg["model"]["layer"]
         raise ConfigError(
@@ -89,8 +89,9 @@ class ModelShape:
     source: str
 
 
-def _check_model(model: dict[str, Any]) -> ModelShape | None:
-    """The model folder, package or HF cache entry exists; its shape where a header gives it."""
+def check_model(model: dict[str, Any]) -> ModelShape | None:
+    """The model folder, package or HF cache entry exists (else `ConfigError`, naming the key and
+    the fix); its shape where a header gives it. `axflow doctor` runs it on its own."""
     if model["source"] == "path":
         if not model.get("path"):
             raise ConfigError(

@@ -3,6 +3,8 @@
 axflow run model.layer=20 'method=[diffmean,probe]' --cores 2
 axflow run model.layer=6,12 'method=[diffmean,probe]'   # a Hydra sweep: one DAG, one leaderboard
 axflow config judge=openai          # print the composed, validated config (one per sweep cell)
+axflow status model.layer=20        # per rule: jobs done, jobs to run and why (axflow.status)
+axflow doctor judge=openai          # is this machine ready for that config? (axflow.doctor)
 
 After a crash (kill -9, power loss) `axflow run` resumes by itself: with no other run alive in
 the directory it clears the stale lock and reruns the interrupted jobs; while one is alive and
@@ -14,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +27,7 @@ from axflow.config import ConfigError
 from axflow.layout import REPO_ROOT
 from axflow.plan import make_sweep
 from axflow.resume import LOCKED_MESSAGE, claim_workdir, live_snakemake, refusal
+from axflow.workflow_command import snakemake_command, snakemake_env
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,7 +39,15 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--dry-run", "-n", action="store_true")
     show = sub.add_parser("config", help="print the composed config for these overrides")
     show.add_argument("overrides", nargs="*")
+    status = sub.add_parser("status", help="per rule: jobs done, jobs to run and why (a dry run)")
+    status.add_argument("overrides", nargs="*")
+    doctor = sub.add_parser("doctor", help="check the model, vLLM, endpoints, disk for a config")
+    doctor.add_argument("overrides", nargs="*")
     args = parser.parse_args(argv)
+    if args.cmd == "doctor":  # reports a bad config as one of its checks
+        from axflow.doctor import run_doctor
+
+        return run_doctor(args.overrides)
     try:
         sweep = make_sweep(args.overrides)  # fail fast, before snakemake starts
     except (ConfigError, HydraException) as err:  # Hydra's own message: unknown key or group
@@ -50,19 +60,20 @@ def main(argv: list[str] | None = None) -> int:
             cells = [{"cell": c.path, "swept": c.swept, "config": c.plan.cfg} for c in sweep.cells]
             print(json.dumps(cells, indent=2))
         return 0
-    cmd = [sys.executable, "-m", "snakemake", "--cores", str(args.cores)]
-    cmd += ["--directory", str(REPO_ROOT)]
-    if args.overrides:
-        cmd += ["--config", "overrides=" + shlex.join(args.overrides)]
+    if args.cmd == "status":
+        from axflow.status import show_status
+
+        return show_status(sweep, args.overrides)
+    cmd = snakemake_command(args.overrides, args.cores)
     if args.dry_run:
-        return subprocess.call([*cmd, "--dry-run"], cwd=REPO_ROOT)
+        return subprocess.call([*cmd, "--dry-run"], cwd=REPO_ROOT, env=snakemake_env())
     results_dir = REPO_ROOT / sweep.cells[0].plan.cfg["results_dir"]
     return run_resuming(cmd, REPO_ROOT, results_dir)
 
 
 def run_resuming(cmd: list[str], workdir: Path, results_dir: Path) -> int:
     """Run snakemake so that it resumes after a crash (`axflow.resume`), or refuse clearly."""
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env = snakemake_env()
 
     def unlock() -> None:
         done = subprocess.run([*cmd, "--unlock"], cwd=workdir, env=env, capture_output=True)
