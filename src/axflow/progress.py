@@ -24,8 +24,8 @@ def vllm_progress(desc: str) -> Callable[..., tqdm]:
     """`use_tqdm` for vLLM's `LLM.generate`: vLLM's own bar (prompts done, token rates), labelled
     `desc` and redrawn as seldom as ours."""
 
-    def bar(**kwargs: Any) -> tqdm:
+    def bar(*iterable: Any, **kwargs: Any) -> tqdm:  # vLLM also wraps its request iterable
         label = f"{desc}: {kwargs['desc']}" if kwargs.get("desc") else desc
-        return tqdm(**{**kwargs, "desc": label, "mininterval": MININTERVAL})
+        return tqdm(*iterable, **{**kwargs, "desc": label, "mininterval": MININTERVAL})
 
     return bar

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from axflow.lm.generate import GenerationRequest
+from axflow.progress import vllm_progress
 
 INSTALL_HINT = (
     "steering.engine=vllm needs vLLM for CPU: after the base environment, run "
@@ -249,9 +250,10 @@ class VLLMEngine:
         chat: bool | None = None,
         batch_size: int | None = None,  # the HF engine's knob; vLLM batches by max_num_seqs
         ignore_eos: bool = False,
-        use_tqdm: bool = False,
+        progress: str | None = None,
     ) -> list[str]:
-        """Sample a continuation for each request (greedy when temperature == 0), in order."""
+        """Sample a continuation for each request (greedy when temperature == 0), in order;
+        `progress` labels vLLM's bar of prompts done on stderr (None: no bar)."""
         del batch_size
         table, rows = build_table([r.delta for r in requests], self.hidden_size)
         return self.generate_rows(
@@ -265,7 +267,7 @@ class VLLMEngine:
             temperature=temperature,
             chat=chat,
             ignore_eos=ignore_eos,
-            use_tqdm=use_tqdm,
+            progress=progress,
         )
 
     def generate_rows(
@@ -281,7 +283,7 @@ class VLLMEngine:
         temperature: float = 1.0,
         chat: bool | None = None,
         ignore_eos: bool = False,
-        use_tqdm: bool = False,
+        progress: str | None = None,
     ) -> list[str]:
         """Like `generate`, with request k steered by `factors[k] * table[rows[k]]`."""
         from vllm import SamplingParams
@@ -335,7 +337,9 @@ class VLLMEngine:
             for seed, row, factor in zip(seeds, rows, factors, strict=True)
         ]
         outs = self.llm.generate(
-            [TokensPrompt(prompt_token_ids=ids) for ids in encoded], params, use_tqdm=use_tqdm
+            [TokensPrompt(prompt_token_ids=ids) for ids in encoded],
+            params,
+            use_tqdm=vllm_progress(progress) if progress else False,
         )
         if steered and not self._hook_verified:
             calls = self.hook_calls()

@@ -116,6 +116,7 @@ def steer_stage(spec: dict[str, Any]) -> None:
         "max_new_tokens": st["max_new_tokens"],
         "temperature": st["temperature"],
         "batch_size": st["batch_size"],
+        "progress": "steer",  # a bar in the job log, on either engine
     }
     t0 = time.time()
     if method.steering == "model":  # one finetuned model per concept
