@@ -83,10 +83,11 @@ def show_status(sweep: Sweep, overrides: list[str], out: TextIO | None = None) -
         )
         for args in (cmd, [*cmd, "--forceall"])
     ]
-    (todo_out, todo_err), (all_out, all_err) = (run.communicate() for run in runs)
-    for run, err in zip(runs, (todo_err, all_err), strict=True):
-        if run.returncode:
-            print(f"axflow status: snakemake's dry run failed:\n{err}", file=sys.stderr)
+    (todo_out, todo_err), (all_out, all_err) = outputs = [run.communicate() for run in runs]
+    for run, (stdout, stderr) in zip(runs, outputs, strict=True):
+        if run.returncode:  # Snakemake writes its errors to stdout too
+            said = (stdout + stderr)[-4000:]
+            print(f"axflow status: snakemake's dry run failed:\n{said}", file=sys.stderr)
             return run.returncode
     todo, every = parse_jobs(todo_out), parse_jobs(all_out)
     results = resolve(sweep.cells[0].plan.cfg["results_dir"])

@@ -16,7 +16,9 @@ def snakemake_command(overrides: list[str], cores: str | int = "all") -> list[st
     `--config overrides=...` entry (rules/common.smk reads them back)."""
     cmd = [sys.executable, "-m", "snakemake", "--cores", str(cores), "--directory", str(REPO_ROOT)]
     if overrides:
-        cmd += ["--config", "overrides=" + shlex.join(overrides)]
+        # Padded: Snakemake strips quote characters off both ends of a --config value, and
+        # shlex.join quotes an override with brackets ('method=[diffmean,probe]').
+        cmd += ["--config", f"overrides= {shlex.join(overrides)} "]
     return cmd
 
 
