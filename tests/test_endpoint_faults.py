@@ -279,6 +279,7 @@ def run(tmp_path_factory, smollm_dir: Path):
     return endpoint_run(tmp_path_factory.getbasetemp() / "endpoint_run", smollm_dir)
 
 
+@pytest.mark.slow  # a workflow run: make test's second step
 def test_workflow_data_job_survives_faults_and_reruns_without_calls(run, tmp_path) -> None:
     writer = run.data_stats["generators"]["writer"]
     faults = writer["faults"]
@@ -306,6 +307,7 @@ def test_workflow_data_job_survives_faults_and_reruns_without_calls(run, tmp_pat
     assert again["faults"] == {}
 
 
+@pytest.mark.slow  # a workflow run: make test's second step
 def test_judge_job_counts_failures_never_scores_them_0_and_reruns_only_them(run) -> None:
     rows = {r["concept_id"]: r for r in run.ratings.iter_rows(named=True)}
     for cid in (1, 2):  # <REJECT>: 400; <GARBAGE>: no rating after every re-ask

@@ -111,6 +111,7 @@ def locks(workdir: Path) -> list[Path]:
     return list((workdir / ".snakemake" / "locks").glob("*.lock"))
 
 
+@pytest.mark.slow  # a workflow run: make test's second step
 def test_killed_run_resumes_by_itself(workdir: Path, capfd) -> None:
     run = start_axflow_run(workdir)
     wait_mid_write(run, workdir)

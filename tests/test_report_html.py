@@ -20,6 +20,8 @@ from axflow.layout import judge_validity_record
 from axflow.report.html import SECTIONS
 from dag import run_args, snakemake
 
+pytestmark = pytest.mark.slow  # runs the whole tiny DAG: make test's second step
+
 CHROMIUM = Path("/usr/bin/chromium")
 
 

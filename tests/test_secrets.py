@@ -68,6 +68,7 @@ def files_holding(needle: bytes, paths) -> list[str]:
     return [str(p) for p in paths if p.is_file() and needle in p.read_bytes()]
 
 
+@pytest.mark.slow  # a workflow run: make test's second step
 def test_endpoint_run_leaves_no_key_in_results(tmp_path_factory, smollm_dir: Path) -> None:
     run = endpoint_run(tmp_path_factory.getbasetemp() / "endpoint_run", smollm_dir)
     key = run.key.encode()

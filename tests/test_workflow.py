@@ -12,6 +12,8 @@ from axflow.lm.vllm_engine import vllm_available
 from axflow.plan import make_plan
 from dag import planned_jobs, run_args, snakemake
 
+pytestmark = pytest.mark.slow  # runs the whole tiny DAG: make test's second step
+
 
 def test_dag_writes_report_and_leaderboard(tiny_run):
     board = pl.read_csv(tiny_run / "tiny" / "leaderboard.csv")
