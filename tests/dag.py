@@ -27,6 +27,7 @@ TINY = [
     # hf here (vllm is the default): one vLLM start-up per steer job would slow the tiny DAG;
     # test_vllm_engine_reproduces_the_greedy_generations reruns its steering on vllm.
     "steering.engine=hf",
+    "generator.engine=hf",  # likewise for the data job's writer (tests/test_vllm_engine.py: vllm)
     "method=[diffmean,prompt,bow,random]",
     "+method.random.max_concepts=2",  # the generic per-method concept limit
     "name=tiny",

@@ -44,6 +44,7 @@ SMALLEST = [
     "steering.max_new_tokens=6",
     "steering.temperature=0",
     "steering.engine=hf",
+    "generator.engine=hf",
     "method=[diffmean,prompt]",
 ]
 # Where an artefact's path starts (below the results folder) -> the rule that writes it.

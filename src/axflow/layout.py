@@ -21,7 +21,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 UNKEYED = {
     "extraction": {"batch_tokens"},
     "steering": {"batch_size"},
-    "generator": {"batch_size", "max_concurrency"},
+    "generator": {"batch_size", "max_concurrency", "max_num_seqs", "max_model_len"},
     "judge": {"batch_size", "embed_batch_size", "max_concurrency"},
     "dataset": {"concepts", "instructions", "steering_instructions"},
 }

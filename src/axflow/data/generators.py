@@ -111,14 +111,31 @@ class CachedGenerator:
         raise NotImplementedError
 
 
+def target_options(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The in-process target's keys: config/generator/target.yaml under the writer's config (an
+    endpoint writer's config sets the engine and batch of its shared negatives)."""
+    return {**option_defaults("generator", "target"), **cfg}
+
+
 class TargetGenerator(CachedGenerator):
-    """The target model itself, in process (chat template applied, per-request seeds)."""
+    """The target model itself, in process (chat template applied, per-request seeds).
+
+    `lm` is the loaded HF model (the `lm.generate` loop, `batch_size` at a time) or an unstarted
+    `VLLMEngine` (all of a call's misses in one `generate`, scheduled by vLLM), which starts on
+    the first call that misses the cache. The engines sample differently from the same seed, so
+    the vLLM engine's answers are cached under `<model_id>@vllm`: switching never mixes them.
+    """
 
     def __init__(self, lm, model_id: str, cfg: dict[str, Any], cache: CallCache) -> None:
-        self.lm, self.model_id = lm, model_id
-        cfg = {**option_defaults("generator", "target"), **cfg}  # e.g. the openai writer's config
+        from axflow.lm.vllm_engine import VLLMEngine  # imports no vLLM
+
+        cfg = target_options(cfg)
+        self.lm = lm
+        self.vllm = isinstance(lm, VLLMEngine)
+        self.model_id = f"{model_id}@vllm" if self.vllm else model_id
         self.temperature = float(cfg["temperature"])
         self.batch_size = int(cfg["batch_size"])
+        self.max_model_len = int(cfg["max_model_len"])
         super().__init__(cache)
 
     def _generate(self, requests: list[ChatRequest], params: list[dict]) -> list[_Reply]:
@@ -131,15 +148,15 @@ class TargetGenerator(CachedGenerator):
         groups: dict[tuple[float, int], list[int]] = {}
         for i, p in enumerate(params):
             groups.setdefault((p["temperature"], p["max_tokens"]), []).append(i)
+        if self.vllm:
+            self.lm.start(self.max_model_len)  # a no-op once started
         for (temperature, max_tokens), idx in groups.items():
-            texts = generate(
-                self.lm,
-                [GenerationRequest(prompts[i], seed=params[i]["seed"]) for i in idx],
-                layer=None,
-                max_new_tokens=max_tokens,
-                temperature=temperature,
-                batch_size=self.batch_size,
-            )
+            batch = [GenerationRequest(prompts[i], seed=params[i]["seed"]) for i in idx]
+            options = {"layer": None, "max_new_tokens": max_tokens, "temperature": temperature}
+            if self.vllm:
+                texts = self.lm.generate(batch, **options)
+            else:
+                texts = generate(self.lm, batch, batch_size=self.batch_size, **options)
             for i, text in zip(idx, texts, strict=True):
                 self.cache.put(self.model_id, params[i], requests[i].user, text)
                 replies[i] = _Reply(
@@ -268,7 +285,8 @@ def _target(cfg: dict[str, Any], *, target: TargetGenerator, cache: CallCache) -
 
 @GENERATORS.register("openai")
 def _openai(cfg: dict[str, Any], *, target: TargetGenerator, cache: CallCache) -> CachedGenerator:
-    body = {k: v for k, v in cfg.items() if k != "batch_size"}  # the target's batch, not this
+    # batch_size and engine are the in-process target's (its shared negatives), not this writer's.
+    body = {k: v for k, v in cfg.items() if k not in ("batch_size", "engine")}
     return OpenAIGenerator(body, cache)
 
 

@@ -1,4 +1,4 @@
-"""Helpers of the stages that load the target model or name it."""
+"""Helpers of the stages that load the target model (HF or vLLM) or name it."""
 
 from __future__ import annotations
 
@@ -19,3 +19,34 @@ def target_model_id(model_slice: dict[str, Any]) -> str:
     from axflow.layout import stage_key
 
     return f"{model_slice['model']['name']}@{stage_key(model_slice)}"
+
+
+def vllm_fallback(err: Exception, key: str) -> RuntimeError:
+    """The job's error when vLLM is missing, fails to import or fails to start: it names the
+    override `key=hf` that runs the job on the HF engine instead."""
+    return RuntimeError(
+        f"{key}=vllm: {err}\nvLLM cannot run on this machine; rerun with the override "
+        f'`{key}=hf` (e.g. `snakemake --config overrides="{key}=hf"`) to run on the HF engine '
+        "instead"
+    )
+
+
+def in_process_vllm(
+    model_dir: str | Path, *, dtype: str, chat: bool, max_num_seqs: int, seed: int, key: str
+):
+    """An in-process `VLLMEngine` on the job's prepared model, not started: it starts on its
+    first generate, sized for that call, unless started before. Where vLLM cannot be imported,
+    the error names `key=hf`."""
+    from axflow.lm.vllm_engine import VLLMEngine
+
+    try:
+        return VLLMEngine(
+            model_dir,
+            dtype=dtype,
+            chat=chat,
+            max_model_len=None,
+            max_num_seqs=max_num_seqs,
+            seed=seed,
+        )
+    except ImportError as err:
+        raise vllm_fallback(err, key) from err

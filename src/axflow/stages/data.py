@@ -11,7 +11,7 @@ from typing import Any
 import polars as pl
 
 from axflow import store
-from axflow.stages._common import load_lm, target_model_id
+from axflow.stages._common import in_process_vllm, load_lm, target_model_id, vllm_fallback
 
 log = logging.getLogger("axflow")
 
@@ -35,7 +35,7 @@ def dataset_stage(spec: dict[str, Any]) -> None:
         source = str(folder)
     else:
         from axflow.calls import open_cache
-        from axflow.data.generators import TargetGenerator, build_generator, overgenerate
+        from axflow.data.generators import build_generator, overgenerate
         from axflow.data.synthesize import synthesize
         from axflow.data.verify import build_verifier
         from axflow.judge import build_judge
@@ -49,13 +49,16 @@ def dataset_stage(spec: dict[str, Any]) -> None:
             sources.instruction_files(ds["instructions"], shards.resolve)
         )
         from axflow.lm.models import weights_dir
+        from axflow.lm.vllm_engine import VLLMUnavailable
         from axflow.lm.vllm_server import served
 
         cache = open_cache(spec["cache_dir"])
         model_id = target_model_id(s["model"])
-        target = TargetGenerator(load_lm(spec, s["model"]), model_id, s["generator"], cache)
+        target = target_generator(spec, s, model_id, cache)
         model_dir = weights_dir(Path(spec["input"]["model"]))
         with contextlib.ExitStack() as stack:
+            if target.vllm:
+                stack.callback(target.lm.close)
             gen_cfg = stack.enter_context(
                 served(s["generator"], group="generator", target_dir=model_dir, target_id=model_id)
             )
@@ -70,16 +73,19 @@ def dataset_stage(spec: dict[str, Any]) -> None:
                 judge=lambda: build_judge(judge_cfg, model_dir=str(model_dir), cache=cache),
             )
             writer = build_generator(gen_cfg, target=target, cache=cache)
-            result = synthesize(
-                concepts,
-                pool,
-                ds,
-                s["seed"],
-                writer=writer,
-                target=target,
-                overgenerate=overgenerate(gen_cfg),
-                verifier=verifier,
-            )
+            try:
+                result = synthesize(
+                    concepts,
+                    pool,
+                    ds,
+                    s["seed"],
+                    writer=writer,
+                    target=target,
+                    overgenerate=overgenerate(gen_cfg),
+                    verifier=verifier,
+                )
+            except VLLMUnavailable as err:  # the target's engine failed to start
+                raise vllm_fallback(err, "generator.engine") from err
         concepts, train, detect_eval = result.concepts, result.train, result.detect_eval
         stats["generators"] = {"target": target.stats.as_dict()}
         if writer is not target:
@@ -139,6 +145,27 @@ def dataset_stage(spec: dict[str, Any]) -> None:
     store.write_table(prompts, out["steer_prompts"], "steer_prompts")
     store.write_json(stats, out["stats"])
     store.write_json(s, out["config"])
+
+
+def target_generator(spec: dict[str, Any], s: dict[str, Any], model_id: str, cache):
+    """The target model as a generator, on the engine `generator.engine` names: the HF model, or
+    an in-process vLLM engine that starts on the first call the cache cannot answer."""
+    from axflow.data.generators import TargetGenerator, target_options
+
+    opts = target_options(s["generator"])
+    if opts["engine"] == "vllm":
+        mcfg = s["model"]["model"]
+        lm = in_process_vllm(
+            spec["input"]["model"],
+            dtype=mcfg["dtype"],
+            chat=mcfg["chat"],
+            max_num_seqs=int(opts["max_num_seqs"]),
+            seed=s["seed"],
+            key="generator.engine",
+        )
+    else:
+        lm = load_lm(spec, s["model"])
+    return TargetGenerator(lm, model_id, s["generator"], cache)
 
 
 def log_verification(v: dict[str, Any]) -> None:

@@ -10,19 +10,15 @@ from typing import Any
 import polars as pl
 
 from axflow import store
+from axflow.stages._common import in_process_vllm, vllm_fallback
 from axflow.stages.train import concept_params, runtime
 
 log = logging.getLogger("axflow")
 
-HF_FALLBACK = (
-    "vLLM cannot run on this machine; rerun with the override `steering.engine=hf` (e.g. "
-    '`snakemake --config overrides="steering.engine=hf"`) to steer on the HF engine instead'
-)
-
 
 def vllm_failure(err: Exception) -> RuntimeError:
     """The steer job's error when vLLM is missing, fails to import or fails to start."""
-    return RuntimeError(f"steering.engine=vllm: {err}\n{HF_FALLBACK}")
+    return vllm_fallback(err, "steering.engine")
 
 
 def steer_stage(spec: dict[str, Any]) -> None:
@@ -45,21 +41,16 @@ def steer_stage(spec: dict[str, Any]) -> None:
             method.steering,
         )
     if engine == "vllm":
-        from axflow.lm.vllm_engine import VLLMEngine
-
         rt = method.runtime
         # Started on the first generate, sized for the longest prompt; exposes .tokenizer/.chat.
-        try:
-            vllm_engine = VLLMEngine(
-                rt.model_dir,
-                dtype=rt.dtype,
-                chat=rt.chat,
-                max_model_len=None,
-                max_num_seqs=st["batch_size"],
-                seed=train["seed"],
-            )
-        except ImportError as err:
-            raise vllm_failure(err) from err
+        vllm_engine = in_process_vllm(
+            rt.model_dir,
+            dtype=rt.dtype,
+            chat=rt.chat,
+            max_num_seqs=st["batch_size"],
+            seed=train["seed"],
+            key="steering.engine",
+        )
         lm = vllm_engine
     else:
         lm = method.runtime.lm
