@@ -42,7 +42,7 @@ BACKEND_CONFIGS = {
     },
 }
 # Keys a backend's config dataclass does not take: the workflow reads them itself.
-WORKFLOW_KEYS = {"name", "serve", "batch_size"}
+WORKFLOW_KEYS = {"name", "serve", "batch_size", "engine"}
 SAE_KINDS = ("sae", "sae_a")
 
 
