@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Stops the daemons tests/slurm/start.sh started (by their pid files in $AXFLOW_SLURM_DIR),
-# newest first. Its state, accounting database and logs stay; `--purge` removes them too.
-# munged is the system's and stays up.
+# newest first, and the configless config link slurmd left. Its state, accounting database and
+# logs stay; `--purge` removes them too. munged is the system's and stays up.
 set -euo pipefail
 
 DIR=${AXFLOW_SLURM_DIR:-/var/tmp/axflow-slurm}
@@ -17,6 +17,12 @@ for pidfile in slurmd.pid slurmctld.pid slurmdbd.pid db/run/mariadbd.pid; do
     fi
     rm -f "$pidfile"
 done
+# slurmd's configless cache link: left behind, every SLURM command (and so every `import
+# snakemake`, whose slurm plugin asks `scontrol` at import) waits out a timeout on a dead controller.
+if [[ $(readlink /run/slurm/conf 2>/dev/null) == "$DIR"/* ]]; then
+    rm -f /run/slurm/conf
+    echo "removed /run/slurm/conf" >&2
+fi
 if [[ ${1:-} == --purge ]]; then
     rm -rf "$DIR"
     echo "removed $DIR" >&2
