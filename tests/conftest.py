@@ -40,8 +40,19 @@ def concept10() -> Path:
 
 @pytest.fixture(scope="session")
 def concept10_acts(smollm_dir: Path, concept10: Path) -> Concept10Acts:
-    """Layer-10 and layer-20 activations of all Concept10 train and eval rows (cached on disk)."""
-    return c10.concept10_acts(smollm_dir, concept10)
+    """Layer-10 activations of all Concept10 train and eval rows (cached on disk)."""
+    return c10.concept10_acts(smollm_dir, concept10, layers=(10,))
+
+
+@pytest.fixture(scope="session")
+def concept10_acts_deep(smollm_dir: Path, concept10: Path) -> Concept10Acts:
+    """Layer-10 and layer-20 activations (twice the forward pass): for the slow layer-20 floors."""
+    return c10.concept10_acts(smollm_dir, concept10, layers=(10, 20))
+
+
+def concept10_at(request: pytest.FixtureRequest, layer: int) -> Concept10Acts:
+    """The Concept10 fixture that holds `layer`: the deep one (slow tests) for layer 20."""
+    return request.getfixturevalue("concept10_acts" if layer == 10 else "concept10_acts_deep")
 
 
 @pytest.fixture(scope="module")
