@@ -32,6 +32,10 @@ CELLS = {cell.path: cell for cell in SWEEP.cells}
 CFG = SWEEP.cells[0].plan.cfg  # results_dir and cache_dir cannot be swept
 RES = CFG["results_dir"]
 LAYOUT = Layout(RES)
+# Per-method jobs (detect, steer, judge) take half the cores, so two run side by side: their
+# start-up (imports, model loads, engine init) is single-threaded and a small model's batches use
+# a second thread poorly. The one-per-run jobs (dataset, extraction) and train keep every core.
+METHOD_JOB_THREADS = max(1, workflow.cores // 2)
 STAGE_CMD = (
     "python -m axflow.stages {params.spec:q} --threads {threads}"
     " --input {input:q} --output {output:q} > {log:q} 2>&1"

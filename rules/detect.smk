@@ -12,7 +12,7 @@ rule detect:
         bench_path("detect", "{method}_{key}")
     conda:
         "../workflow/envs/axflow.yaml"
-    threads: workflow.cores
+    threads: METHOD_JOB_THREADS
     params:
         spec=stage_spec("detect"),
     shell:

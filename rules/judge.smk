@@ -10,7 +10,7 @@ rule judge:
         bench_path("judge", "{method}_{key}")
     conda:
         "../workflow/envs/axflow.yaml"
-    threads: workflow.cores
+    threads: METHOD_JOB_THREADS
     params:
         spec=stage_spec("judge"),
     shell:

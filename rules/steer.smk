@@ -10,7 +10,7 @@ rule steer:
         bench_path("steer", "{method}_{key}")
     conda:
         "../workflow/envs/axflow.yaml"
-    threads: workflow.cores
+    threads: METHOD_JOB_THREADS
     params:
         spec=stage_spec("steer"),
     shell:
