@@ -32,8 +32,6 @@ SHARED_DATA = Path(
 CONCEPT10_DIR = "axbench-concept10-2b-l10"
 CONCEPT10_FILES = ("train_data.parquet", "latent_eval_data.parquet", "metadata.jsonl")
 ACT_LAYERS = (10, 20)  # the two AxBench 2B layers, read from one forward pass
-# The default test suite reads layer 10 only: the pass stops after block 10, half the work of
-# layer 20's; the layer-20 floors run in the slow step.
 # Tokens kept per templated example (prefix + instruction + response). 128 reproduces the
 # reference DiffMean AUROCs (.905/.939); 192 gives .892/.932. Attention is causal, so the cut never
 # changes the activations that are kept.
@@ -43,7 +41,7 @@ ACT_MAX_LENGTH = 128
 def persistent_test_cache() -> Path | None:
     """Where slow, deterministic test inputs persist between runs (None: AXFLOW_TEST_CACHE=off)."""
     setting = os.environ.get("AXFLOW_TEST_CACHE", str(Path.home() / ".cache/axflow/tests"))
-    return None if setting in ("", "off") else Path(setting)
+    return None if setting.lower() in ("", "off", "0", "none") else Path(setting)
 
 
 def concept10_dir() -> Path | None:
@@ -197,11 +195,11 @@ def _cached_arrays(
 ) -> dict:
     """Extract once per machine: arrays are kept under AXFLOW_TEST_CACHE (""/"off" disables).
     A cache of every ACT_LAYERS serves a request for fewer of them."""
-    setting = os.environ.get("AXFLOW_TEST_CACHE", str(Path.home() / ".cache/axflow/tests"))
-    if setting.lower() in ("", "off", "0", "none"):
+    base = persistent_test_cache()
+    if base is None:
         return _extract(model_dir, rows, layers)
-    folder = Path(setting) / f"concept10-acts-{_cache_key(model_dir, data_dir, layers)}"
-    every = Path(setting) / f"concept10-acts-{_cache_key(model_dir, data_dir, ACT_LAYERS)}"
+    folder = base / f"concept10-acts-{_cache_key(model_dir, data_dir, layers)}"
+    every = base / f"concept10-acts-{_cache_key(model_dir, data_dir, ACT_LAYERS)}"
     if not (folder / "done").exists() and (every / "done").exists():
         folder = every
     if not (folder / "done").exists():
@@ -224,14 +222,14 @@ def concept10_acts(
     One forward pass per example serves every layer; examples are cut at ACT_MAX_LENGTH tokens.
     The arrays are cached on disk (see `_cached_arrays`), so only the first call pays for them.
     """
+    if not set(layers) <= set(ACT_LAYERS):
+        raise ValueError(f"layers {layers}: Concept10 activations are kept at {ACT_LAYERS} only")
     start = time.perf_counter()
     meta = [json.loads(line) for line in (data_dir / "metadata.jsonl").read_text().splitlines()]
     rows = {
         "train": pl.read_parquet(data_dir / "train_data.parquet"),
         "eval": pl.read_parquet(data_dir / "latent_eval_data.parquet"),
     }
-    if not set(layers) <= set(ACT_LAYERS):
-        raise ValueError(f"layers {layers}: Concept10 activations are kept at {ACT_LAYERS} only")
     arrays = _cached_arrays(model_dir, data_dir, rows, tuple(layers))
     splits = {
         split: SplitActs(
