@@ -147,24 +147,34 @@ def test_batched_perplexity_matches_one_at_a_time(smollm_dir: Path) -> None:
 
     tok = AutoTokenizer.from_pretrained(smollm_dir)
     model = AutoModelForCausalLM.from_pretrained(smollm_dir, dtype=torch.float32).eval()
-    pairs = [(BREAD, FLUENT), ("Hi", "Hello! How can I help you today?"), (BREAD, "")]
+    # Three generations share BREAD's prompt (one cached prefix), of different lengths.
+    pairs = [
+        (BREAD, FLUENT),
+        ("Hi", "Hello! How can I help you today?"),
+        (BREAD, ""),
+        (BREAD, SALAD),
+        (BREAD, "Flour."),
+    ]
     one = sequence_perplexities(model, tok, pairs, batch_size=1)
     batched = sequence_perplexities(model, tok, pairs, batch_size=3)
     assert one[2] is None and batched[2] is None
-    assert batched[:2] == pytest.approx(one[:2], rel=1e-4)
+    scored = [0, 1, 3, 4]
+    assert [batched[k] for k in scored] == pytest.approx([one[k] for k in scored], rel=1e-4)
+    assert len({one[k] for k in scored}) == 4
 
     # Reference: the model's own loss over the generation tokens of one unpadded sequence.
     prompt = tok.apply_chat_template(
         [{"role": "user", "content": BREAD}], tokenize=False, add_generation_prompt=True
     )
     p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
-    g_ids = tok(FLUENT, add_special_tokens=False)["input_ids"]
-    ids = torch.tensor([p_ids + g_ids])
-    labels = ids.clone()
-    labels[0, : len(p_ids)] = -100
-    with torch.inference_mode():
-        loss = model(input_ids=ids, labels=labels).loss
-    assert one[0] == pytest.approx(math.exp(loss.item()), rel=1e-4)
+    for got, text in ((batched[0], FLUENT), (batched[3], SALAD), (batched[4], "Flour.")):
+        g_ids = tok(text, add_special_tokens=False)["input_ids"]
+        ids = torch.tensor([p_ids + g_ids])
+        labels = ids.clone()
+        labels[0, : len(p_ids)] = -100
+        with torch.inference_mode():
+            loss = model(input_ids=ids, labels=labels).loss
+        assert got == pytest.approx(math.exp(loss.item()), rel=1e-4)
 
 
 # -- openai backend -----------------------------------------------------------------------------

@@ -145,50 +145,73 @@ def sequence_perplexities(
     """exp(mean NLL) of each generation given its instruction; None for an empty generation.
     `progress` labels a bar of sequences scored on stderr (None: no bar).
 
-    Sequences are left-padded so every generation ends at the last position, which lets the model
-    compute logits for the generation span only (`logits_to_keep`).
+    A judge scores many generations per prompt (every factor, often every concept), so each
+    distinct prompt runs through the model once; its KV cache is then repeated over up to
+    `batch_size` right-padded generations, which are all that is computed per sequence.
     """
     import torch
 
     encoded = [_prompt_and_generation_ids(tok, i, g, max_length) for i, g in pairs]
     out: list[float | None] = [None] * len(pairs)
-    order = sorted(
-        (k for k, (_, gen) in enumerate(encoded) if gen),
-        key=lambda k: -(len(encoded[k][0]) + len(encoded[k][1])),
-    )
+    by_prompt: dict[tuple[int, ...], list[int]] = {}
+    for k, (prompt, gen) in enumerate(encoded):
+        if gen:
+            by_prompt.setdefault(tuple(prompt), []).append(k)
     device = next(model.parameters()).device
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
-    bar = progress_bar(len(order), progress, "seq") if progress else None
-    for start in range(0, len(order), batch_size):
-        batch = order[start : start + batch_size]
-        seqs = [encoded[k][0] + encoded[k][1] for k in batch]
-        gen_lens = torch.tensor([len(encoded[k][1]) for k in batch], device=device)
-        width = max(len(s) for s in seqs)
-        ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        for row, seq in enumerate(seqs):
-            ids[row, width - len(seq) :] = torch.tensor(seq)
-            mask[row, width - len(seq) :] = 1
-        ids, mask = ids.to(device), mask.to(device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        span = int(gen_lens.max())
-        with torch.inference_mode():
-            logits = model(
-                input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=span + 1
-            ).logits[:, :-1]
-        targets = ids[:, width - span :]
-        nll = torch.nn.functional.cross_entropy(
-            logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none"
-        ).view(len(seqs), span)
-        in_gen = torch.arange(span, device=device)[None, :] >= (span - gen_lens)[:, None]
-        mean_nll = (nll * in_gen).sum(-1) / gen_lens
-        for k, value in zip(batch, mean_nll.tolist(), strict=True):
-            out[k] = math.exp(value) if value < 700 else math.inf
-        if bar is not None:
-            bar.update(len(batch))
+    bar = progress_bar(sum(map(len, by_prompt.values())), progress, "seq") if progress else None
+    with torch.inference_mode():
+        for prompt, members in by_prompt.items():
+            # A prompt is never empty: both prompt conventions add tokens around the instruction.
+            ids = torch.tensor([prompt], device=device)
+            prefix = model(input_ids=ids, use_cache=True, logits_to_keep=1)
+            for start in range(0, len(members), batch_size):
+                batch = members[start : start + batch_size]
+                for k, value in zip(
+                    batch,
+                    _generation_nll(model, prefix, prompt, [encoded[k][1] for k in batch], pad_id),
+                    strict=True,
+                ):
+                    out[k] = math.exp(value) if value < 700 else math.inf
+                if bar is not None:
+                    bar.update(len(batch))
     if bar is not None:
         bar.close()
     return out
+
+
+def _generation_nll(
+    model: Any, prefix: Any, prompt: Sequence[int], gens: list[list[int]], pad_id: int
+) -> list[float]:
+    """Mean NLL of each generation continuing `prompt`, whose forward pass `prefix` holds."""
+    import copy
+
+    import torch
+
+    device = prefix.logits.device
+    width = max(map(len, gens))
+    ids = torch.full((len(gens), width), pad_id, dtype=torch.long, device=device)
+    in_gen = torch.zeros((len(gens), width), dtype=torch.bool, device=device)
+    for row, gen in enumerate(gens):
+        ids[row, : len(gen)] = torch.tensor(gen, device=device)
+        in_gen[row, : len(gen)] = True
+    cache = copy.deepcopy(prefix.past_key_values)
+    cache.batch_repeat_interleave(len(gens))
+    mask = torch.cat(
+        [torch.ones((len(gens), len(prompt)), dtype=torch.long, device=device), in_gen.long()],
+        dim=1,
+    )
+    positions = torch.arange(len(prompt), len(prompt) + width, device=device).expand(len(gens), -1)
+    logits = model(
+        input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache
+    ).logits
+    # The prompt's last position predicts each generation's first token.
+    first = prefix.logits[:, -1:].expand(len(gens), -1, -1)
+    predict = torch.cat([first, logits[:, :-1]], dim=1).float()
+    nll = torch.nn.functional.cross_entropy(
+        predict.reshape(-1, predict.shape[-1]), ids.reshape(-1), reduction="none"
+    ).view(len(gens), width)
+    return ((nll * in_gen).sum(-1) / in_gen.sum(-1)).tolist()
 
 
 # -- the judge ----------------------------------------------------------------------------------
