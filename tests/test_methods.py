@@ -96,7 +96,8 @@ def test_prompt_method_flags_and_fit():
 
 
 def test_prompt_detection_scores_are_the_models_yes_no_log_odds(concept10_acts, smollm_dir):
-    """Batched, left-padded scoring equals the log-odds read off one unpadded forward pass.
+    """Scoring after the concept's shared prompt prefix (run once, its cache repeated over
+    left-padded batches) equals the log-odds read off one unpadded forward pass per example.
 
     (SmolLM2-135M answers this question near chance on Concept10, AUROC ≈ 0.57 on 4 concepts:
     the score is right, the model is weak; the leaderboard reports what it gets.)

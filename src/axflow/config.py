@@ -156,4 +156,3 @@ def validate(cfg: dict[str, Any]) -> None:
             check_no_secrets(gcfg, group)  # keys come from the environment only
         except ValueError as err:
             raise ConfigError(str(err)) from None
-

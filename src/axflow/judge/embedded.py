@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from axflow.judge import CallCache, JudgeItem, Rating, config_from_dict, register_judge
+from axflow.lm.shared_prefix import run_continuations, run_prefix
 from axflow.lm.similarity import SIM_MODEL, load_embedder, minilm_similarities
 from axflow.progress import progress_bar
 
@@ -146,8 +147,8 @@ def sequence_perplexities(
     `progress` labels a bar of sequences scored on stderr (None: no bar).
 
     A judge scores many generations per prompt (every factor, often every concept), so each
-    distinct prompt runs through the model once; its KV cache is then repeated over up to
-    `batch_size` right-padded generations, which are all that is computed per sequence.
+    distinct prompt runs through the model once (`axflow.lm.shared_prefix`) and only the
+    generations are computed per sequence, up to `batch_size` at a time.
     """
     import torch
 
@@ -157,61 +158,32 @@ def sequence_perplexities(
     for k, (prompt, gen) in enumerate(encoded):
         if gen:
             by_prompt.setdefault(tuple(prompt), []).append(k)
-    device = next(model.parameters()).device
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
     bar = progress_bar(sum(map(len, by_prompt.values())), progress, "seq") if progress else None
-    with torch.inference_mode():
-        for prompt, members in by_prompt.items():
-            # A prompt is never empty: both prompt conventions add tokens around the instruction.
-            ids = torch.tensor([prompt], device=device)
-            prefix = model(input_ids=ids, use_cache=True, logits_to_keep=1)
-            for start in range(0, len(members), batch_size):
-                batch = members[start : start + batch_size]
-                for k, value in zip(
-                    batch,
-                    _generation_nll(model, prefix, prompt, [encoded[k][1] for k in batch], pad_id),
-                    strict=True,
-                ):
-                    out[k] = math.exp(value) if value < 700 else math.inf
-                if bar is not None:
-                    bar.update(len(batch))
+    for prompt, members in by_prompt.items():
+        # Never empty: both prompt conventions put tokens around the instruction.
+        prefix = run_prefix(model, prompt)
+        for start in range(0, len(members), batch_size):
+            batch = members[start : start + batch_size]
+            logits, ids, real = run_continuations(
+                model, prefix, len(prompt), [encoded[k][1] for k in batch], pad_id
+            )
+            # Each real token is predicted by the column before it, the first one by the
+            # prompt's last position.
+            before_real = torch.nn.functional.pad(real[:, :-1], (1, 0))
+            shifted = torch.nn.functional.pad(logits[:, :-1], (0, 0, 1, 0))
+            predict = torch.where(before_real[..., None], shifted, prefix.logits[:, -1:]).float()
+            nll = torch.nn.functional.cross_entropy(
+                predict.reshape(-1, predict.shape[-1]), ids.reshape(-1), reduction="none"
+            ).view(ids.shape)
+            mean_nll = (nll * real).sum(-1) / real.sum(-1)
+            for k, value in zip(batch, mean_nll.tolist(), strict=True):
+                out[k] = math.exp(value) if value < 700 else math.inf
+            if bar is not None:
+                bar.update(len(batch))
     if bar is not None:
         bar.close()
     return out
-
-
-def _generation_nll(
-    model: Any, prefix: Any, prompt: Sequence[int], gens: list[list[int]], pad_id: int
-) -> list[float]:
-    """Mean NLL of each generation continuing `prompt`, whose forward pass `prefix` holds."""
-    import copy
-
-    import torch
-
-    device = prefix.logits.device
-    width = max(map(len, gens))
-    ids = torch.full((len(gens), width), pad_id, dtype=torch.long, device=device)
-    in_gen = torch.zeros((len(gens), width), dtype=torch.bool, device=device)
-    for row, gen in enumerate(gens):
-        ids[row, : len(gen)] = torch.tensor(gen, device=device)
-        in_gen[row, : len(gen)] = True
-    cache = copy.deepcopy(prefix.past_key_values)
-    cache.batch_repeat_interleave(len(gens))
-    mask = torch.cat(
-        [torch.ones((len(gens), len(prompt)), dtype=torch.long, device=device), in_gen.long()],
-        dim=1,
-    )
-    positions = torch.arange(len(prompt), len(prompt) + width, device=device).expand(len(gens), -1)
-    logits = model(
-        input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache
-    ).logits
-    # The prompt's last position predicts each generation's first token.
-    first = prefix.logits[:, -1:].expand(len(gens), -1, -1)
-    predict = torch.cat([first, logits[:, :-1]], dim=1).float()
-    nll = torch.nn.functional.cross_entropy(
-        predict.reshape(-1, predict.shape[-1]), ids.reshape(-1), reduction="none"
-    ).view(len(gens), width)
-    return ((nll * in_gen).sum(-1) / in_gen.sum(-1)).tolist()
 
 
 # -- the judge ----------------------------------------------------------------------------------

@@ -65,7 +65,10 @@ class Prompt(Method):
         import torch
 
         from axflow.lm.prompts import format_prompt
+        from axflow.lm.shared_prefix import common_prefix_length, run_continuations, run_prefix
 
+        if not examples:
+            return np.zeros(0, np.float32)
         lm = self.runtime.lm
         tok = lm.tokenizer
         yes, no = _answer_ids(tok, "yes"), _answer_ids(tok, "no")
@@ -75,29 +78,18 @@ class Prompt(Method):
             )
             for ex in examples
         ]
-        scores = np.zeros(len(texts), np.float32)
+        ids = [tok(t, add_special_tokens=not lm.chat)["input_ids"] for t in texts]
+        # Every prompt of a concept starts the same (template, concept): that part runs once.
+        shared = common_prefix_length(ids)
+        prefix = run_prefix(lm.model, ids[0][:shared])
         pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-        with torch.no_grad():
-            for start in range(0, len(texts), self.cfg.batch_size):
-                ids = [
-                    tok(t, add_special_tokens=not lm.chat)["input_ids"]
-                    for t in texts[start : start + self.cfg.batch_size]
-                ]
-                width = max(map(len, ids))
-                batch = torch.full((len(ids), width), pad, dtype=torch.long)
-                mask = torch.zeros_like(batch)
-                for r, seq in enumerate(ids):  # left padding: the answer slot is the last column
-                    batch[r, width - len(seq) :] = torch.tensor(seq)
-                    mask[r, width - len(seq) :] = 1
-                out = lm.model(
-                    input_ids=batch.to(lm.device),
-                    attention_mask=mask.to(lm.device),
-                    position_ids=(mask.cumsum(-1) - 1).clamp(min=0).to(lm.device),
-                    logits_to_keep=1,
-                )
-                logp = torch.log_softmax(out.logits[:, -1].float(), -1).cpu()
-                score = torch.logsumexp(logp[:, yes], -1) - torch.logsumexp(logp[:, no], -1)
-                scores[start : start + len(ids)] = score.numpy()
+        scores = np.zeros(len(texts), np.float32)
+        for start in range(0, len(ids), self.cfg.batch_size):
+            rest = [seq[shared:] for seq in ids[start : start + self.cfg.batch_size]]
+            logits, _, _ = run_continuations(lm.model, prefix, shared, rest, pad, logits_to_keep=1)
+            logp = torch.log_softmax(logits[:, -1].float(), -1).cpu()
+            score = torch.logsumexp(logp[:, yes], -1) - torch.logsumexp(logp[:, no], -1)
+            scores[start : start + len(rest)] = score.numpy()
         return scores
 
     def prompt_for(self, concept: str, instruction: str) -> str:
