@@ -26,6 +26,7 @@ TINY = [
     "steering.temperature=0",  # greedy: the vllm engine must reproduce these generations exactly
     # hf here (vllm is the default): one vLLM start-up per steer job would slow the tiny DAG;
     # test_vllm_engine_reproduces_the_greedy_generations reruns its steering on vllm.
+    "model.dtype=float32",  # exact: engines and reruns agree token for token
     "steering.engine=hf",
     "generator.engine=hf",  # likewise for the data job's writer (tests/test_vllm_engine.py: vllm)
     "method=[diffmean,prompt,bow,random]",

@@ -41,6 +41,7 @@ OVERRIDES = [
     "steering.factors=[0.5,1.0]",
     "steering.max_new_tokens=6",
     "steering.temperature=0",
+    "model.dtype=float32",  # exact: engines and reruns agree token for token
     "steering.engine=hf",
     "generator.engine=hf",
     "method=[diffmean]",
