@@ -114,7 +114,8 @@ def synthesize(
         s = row_seed(seed, r["split"], r["category"], r["output_concept"], r["input"])
         pending.append((r, ChatRequest(user, seed=s, max_tokens=budget)))
 
-    # Shared training negatives: the target's own greedy answers, per genre in use.
+    # Shared training negatives: the target's own answers (at dataset.negative_temperature), per
+    # genre in use.
     negatives = []
     for genre in sorted(set(concepts["genre"])):
         n = cfg["train_negative"]
