@@ -168,15 +168,15 @@ def sequence_perplexities(
             logits, ids, real = run_continuations(
                 model, prefix, len(prompt), [encoded[k][1] for k in batch], pad_id
             )
-            # Each real token is predicted by the column before it, the first one by the
-            # prompt's last position.
-            before_real = torch.nn.functional.pad(real[:, :-1], (1, 0))
-            shifted = torch.nn.functional.pad(logits[:, :-1], (0, 0, 1, 0))
-            predict = torch.where(before_real[..., None], shifted, prefix.logits[:, -1:]).float()
-            nll = torch.nn.functional.cross_entropy(
-                predict.reshape(-1, predict.shape[-1]), ids.reshape(-1), reduction="none"
-            ).view(ids.shape)
-            mean_nll = (nll * real).sum(-1) / real.sum(-1)
+            # A generation's first token is predicted by the prompt's last position, every later
+            # one by the column before it (real when both columns are).
+            lengths = real.sum(-1)
+            first = ids[torch.arange(len(batch)), ids.shape[1] - lengths]
+            first_nll = -torch.log_softmax(prefix.logits[0, -1].float(), -1)[first]
+            logp = torch.log_softmax(logits[:, :-1].float(), -1)
+            later_nll = -logp.gather(-1, ids[:, 1:, None])[..., 0]
+            later = real[:, 1:] & real[:, :-1]
+            mean_nll = (first_nll + (later_nll * later).sum(-1)) / lengths
             for k, value in zip(batch, mean_nll.tolist(), strict=True):
                 out[k] = math.exp(value) if value < 700 else math.inf
             if bar is not None:
