@@ -84,7 +84,7 @@ def tiny_run(tmp_path_factory, smollm_dir) -> Path:
 
     results = tmp_path_factory.mktemp("workflow") / "results"
     # The session's prepared model stands in for the prepare_model job (same code, run once).
-    plan = make_plan(compose())
+    plan = make_plan(compose(run_args(results)))  # the tiny config's model key
     weights = Path(f"{results}/models/{plan.model_key}/weights")
     weights.parent.mkdir(parents=True)
     weights.symlink_to(smollm_dir.resolve(), target_is_directory=True)
