@@ -9,8 +9,8 @@ leaderboard's protocol):
   better on this data, so this is the ceiling the writer's eval data leaves it;
 - train fit: fitted and scored on the train split (how separable the training data is).
 A held-out figure far below the oracle means train and eval differ (the shared train negatives are
-the target model's greedy answers, the eval negatives are written to avoid the concept); an oracle
-near the held-out figure means the eval rows themselves do not separate better.
+the target model's own answers to plain instructions, the eval negatives are written to avoid the
+concept); an oracle near the held-out figure means the eval rows themselves do not separate better.
 
     .venv/bin/python bench/detection_ceiling.py --data results/data/<key> \
         --acts results/activations/<key> [--methods diffmean probe]
@@ -43,7 +43,9 @@ def parse_args() -> argparse.Namespace:
 
 def tokens(meta, X, rows: np.ndarray, positive: np.ndarray) -> TokenBatch:
     """The tokens of examples `rows` (indices into `meta`), labelled by `positive`."""
-    return TokenBatch(acts=X[rows], example=meta["example_id"].to_numpy()[rows], label=positive)
+    return TokenBatch(
+        acts=X[rows], example=meta["example_id"].to_numpy()[rows], label=positive.astype(np.int8)
+    )
 
 
 def auroc(method, params, meta, X, rows, examples, concept) -> float:
