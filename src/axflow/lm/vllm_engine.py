@@ -20,8 +20,12 @@ Runs eager by default (the buffers are filled by a forward hook, which compiled 
 skips: the engine checks the fill count after its first steered call). `graph_layer=L` instead
 compiles the model with the op attached to block L at load time and fills the buffers before
 each step (torch.compile, and CUDA graphs on a GPU); that engine steers layer L only. Both need
-the V1 model runner (`VLLM_USE_V2_MODEL_RUNNER=0`) and no prefix caching (a cached unsteered
-prefix would skip steering of those positions).
+the V1 model runner (`VLLM_USE_V2_MODEL_RUNNER=0`).
+
+Prefix caching is off unless asked for (`prefix_caching=True`, the synthesis writer, which resends
+each rejected prompt and shares the chat template's system turn): a cached unsteered prefix would
+skip steering of those positions, so every steered request carries a cache salt naming its table,
+layer, row and factor (VLLM-NOTES §5), and only identically steered requests share a prefix.
 """
 
 from __future__ import annotations
@@ -145,6 +149,7 @@ class VLLMEngine:
         max_model_len: int | None = 1024,
         max_num_seqs: int = 64,
         seed: int = 0,
+        prefix_caching: bool = False,
         graph_layer: int | None = None,
         graph_rows: int = 1024,
         **llm_kwargs: Any,
@@ -172,7 +177,7 @@ class VLLMEngine:
             seed=seed,
             max_num_seqs=max_num_seqs,
             enforce_eager=graph_layer is None,
-            enable_prefix_caching=False,
+            enable_prefix_caching=prefix_caching,
             generation_config="vllm",  # neutral sampling defaults, as in the HF engine
             worker_extension_cls=EXTENSION,
             **llm_kwargs,
@@ -211,6 +216,10 @@ class VLLMEngine:
             # once a call's prompts exceed one step's tokens: prefill every prompt whole.
             args.setdefault("enable_chunked_prefill", False)
             args.setdefault("max_num_batched_tokens", max(4096, self.max_model_len))
+            if args["enable_prefix_caching"]:
+                # Only whole blocks are cached; the CPU default (128) is longer than most prompts
+                # here, and CPU attention takes multiples of 32.
+                args.setdefault("block_size", 32)
         try:
             self.llm = vllm.LLM(max_model_len=self.max_model_len, **args)
         except Exception as err:  # noqa: BLE001 - engine start-up: platform, memory, kernels
@@ -317,6 +326,7 @@ class VLLMEngine:
             if max(rows) >= table.shape[0] or min(rows) < 0:
                 raise ValueError(f"rows must lie in 0..{table.shape[0] - 1}")
             self.install(table, layer)
+        salt = self._installed[0][:16] if steered and self._installed else ""
         too_long = [
             k for k, ids in enumerate(encoded) if len(ids) + max_new_tokens > self.max_model_len
         ]
@@ -343,8 +353,14 @@ class VLLMEngine:
             )
             for seed, row, factor in zip(seeds, rows, factors, strict=True)
         ]
+        inputs = [
+            TokensPrompt(prompt_token_ids=ids, cache_salt=f"{salt}:{layer}:{row}:{factor}")
+            if row != 0 and factor != 0
+            else TokensPrompt(prompt_token_ids=ids)
+            for ids, row, factor in zip(encoded, rows, factors, strict=True)
+        ]
         outs = self.llm.generate(
-            [TokensPrompt(prompt_token_ids=ids) for ids in encoded],
+            inputs,
             params,
             use_tqdm=vllm_progress(progress) if progress else False,
         )

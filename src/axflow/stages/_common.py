@@ -32,7 +32,14 @@ def vllm_fallback(err: Exception, key: str) -> RuntimeError:
 
 
 def in_process_vllm(
-    model_dir: str | Path, *, dtype: str, chat: bool, max_num_seqs: int, seed: int, key: str
+    model_dir: str | Path,
+    *,
+    dtype: str,
+    chat: bool,
+    max_num_seqs: int,
+    seed: int,
+    key: str,
+    prefix_caching: bool = False,
 ):
     """An in-process `VLLMEngine` on the job's prepared model, not started: it starts on its
     first generate, sized for that call, unless started before. Where vLLM cannot be imported,
@@ -47,6 +54,7 @@ def in_process_vllm(
             max_model_len=None,
             max_num_seqs=max_num_seqs,
             seed=seed,
+            prefix_caching=prefix_caching,
         )
     except ImportError as err:
         raise vllm_fallback(err, key) from err

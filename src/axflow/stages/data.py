@@ -162,6 +162,9 @@ def target_generator(spec: dict[str, Any], s: dict[str, Any], model_id: str, cac
             max_num_seqs=int(opts["max_num_seqs"]),
             seed=s["seed"],
             key="generator.engine",
+            # rejected rows are resent with new seeds, and every prompt opens with the same
+            # system turn: their prefixes are computed once
+            prefix_caching=True,
         )
     else:
         lm = load_lm(spec, s["model"])
