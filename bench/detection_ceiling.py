@@ -10,10 +10,12 @@ leaderboard's protocol):
 - train fit: fitted and scored on the train split (how separable the training data is).
 A held-out figure far below the oracle means train and eval differ (the shared train negatives are
 the target model's own answers to plain instructions, the eval negatives are written to avoid the
-concept); an oracle near the held-out figure means the eval rows themselves do not separate better.
+concept, in a mix of genres); an oracle near the held-out figure means the eval rows themselves do
+not separate better. `--negatives genre` trains as AxBench does, against the concept's own genre's
+shared negatives only (`training.negatives`).
 
     .venv/bin/python bench/detection_ceiling.py --data results/data/<key> \
-        --acts results/activations/<key> [--methods diffmean probe]
+        --acts results/activations/<key> [--methods diffmean probe] [--negatives all|genre]
 
 The last line is the headline, `diffmean_eval_oracle_auroc: <mean over concepts>`.
 """
@@ -28,7 +30,7 @@ import numpy as np
 from axflow import store
 from axflow.methods import TokenBatch, build_method
 from axflow.protocol.detection import concept_metrics, pooled_scores
-from axflow.protocol.training import concept_rows
+from axflow.protocol.training import NEGATIVES, concept_rows
 from axflow.stages.train import read_examples
 
 
@@ -38,6 +40,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--acts", type=Path, required=True, help="its activations' folder")
     parser.add_argument("--methods", nargs="+", default=["diffmean", "probe"])
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--negatives", choices=NEGATIVES, default="all")
     return parser.parse_args()
 
 
@@ -76,6 +79,7 @@ def main() -> None:
                 train_meta["concept_genre"].to_numpy(),
                 cid,
                 c["genre"],
+                args.negatives,
             )
             fitted = method.fit(
                 tokens(train_meta, train_X, rows, positive), concept=concept, seed=args.seed

@@ -35,8 +35,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from axflow.concept10 import smollm_dir  # noqa: E402
-from axflow.config import compose  # noqa: E402
-from axflow.plan import make_plan  # noqa: E402
 from private_runs import (  # noqa: E402 - the shared helper lives beside the tests
     REL_TOL,
     cache_differences,
@@ -96,10 +94,10 @@ def main() -> int:
     base = args.keep or Path(tempfile.mkdtemp(prefix="axflow-faults-"))
     base.mkdir(parents=True, exist_ok=True)
     workdir = private_workdir(base / "repo", args.ref)
-    model_dir, model_key = smollm_dir(), make_plan(compose()).model_key
+    model_dir = smollm_dir()
 
     clean = base / "clean"
-    stage_model(clean, model_dir, model_key)
+    stage_model(clean, model_dir)
     t0 = time.perf_counter()
     code = run(workdir, run_args(clean, NAME), base / "clean.log")
     clean_s = time.perf_counter() - t0
@@ -116,7 +114,7 @@ def main() -> int:
             break
         done += 1
         results = base / f"run{i:02d}"
-        stage_model(results, model_dir, model_key)
+        stage_model(results, model_dir)
         overrides = run_args(results, NAME)
         log = base / f"run{i:02d}.log"
         at_s = rng.uniform(part, part + 1) * 0.95 * clean_s / args.n

@@ -78,20 +78,10 @@ def smollm(smollm_dir):
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory, smollm_dir) -> Path:
     """The whole DAG on the tiny config (dag.TINY), run once a session; its results folder."""
-    from axflow.config import compose
-    from axflow.plan import make_plan
-    from dag import run_args, snakemake
+    from dag import run_args, snakemake, stand_in_model
 
     results = tmp_path_factory.mktemp("workflow") / "results"
-    # The session's prepared model stands in for the prepare_model job (same code, run once).
-    plan = make_plan(compose(run_args(results)))  # the tiny config's model key
-    weights = Path(f"{results}/models/{plan.model_key}/weights")
-    weights.parent.mkdir(parents=True)
-    weights.symlink_to(smollm_dir.resolve(), target_is_directory=True)
-    # Its benchmark file too (an input of the report): without it the job would run after all.
-    bench = Path(f"{results}/benchmarks/prepare_model/{plan.model_key}.tsv")
-    bench.parent.mkdir(parents=True)
-    bench.write_text("s\th:m:s\n")  # a header without a row: no time to report
+    stand_in_model(results, smollm_dir, run_args(results))
     proc = snakemake(overrides=run_args(results))
     logs = "\n".join(p.read_text() for p in results.glob("logs/**/*.log"))
     assert proc.returncode == 0, proc.stdout + proc.stderr + logs

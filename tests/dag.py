@@ -35,6 +35,23 @@ TINY = [
 ]
 
 
+def stand_in_model(results: Path, model_dir: Path, overrides: list[str]) -> Path:
+    """Put the session's prepared model where this config's prepare_model job would write it
+    (the same code, run once per machine), with an empty benchmark file (an input of the report:
+    without it the job would run after all); the key holds the model config, dtype included."""
+    from axflow.config import compose
+    from axflow.plan import make_plan
+
+    key = make_plan(compose(list(overrides))).model_key
+    weights = results / "models" / key / "weights"
+    weights.parent.mkdir(parents=True, exist_ok=True)
+    weights.symlink_to(model_dir.resolve(), target_is_directory=True)
+    bench = results / "benchmarks" / "prepare_model" / f"{key}.tsv"
+    bench.parent.mkdir(parents=True, exist_ok=True)
+    bench.write_text("s\th:m:s\n")  # a header without a row: no time to report
+    return weights
+
+
 def run_args(results: Path, extra: list[str] = ()) -> list[str]:
     return [*TINY, f"results_dir={results}", f"cache_dir={results}/cache", *extra]
 

@@ -24,8 +24,7 @@ import polars as pl
 from axflow import store
 from axflow.config import compose
 from axflow.layout import REPO_ROOT
-from axflow.plan import make_plan
-from dag import snakemake
+from dag import snakemake, stand_in_model
 from fault_server import Fault, FaultServer, ok, status
 
 KEY_ENV = "AXFLOW_TEST_ENDPOINT_KEY"
@@ -130,18 +129,6 @@ def counts_by_kind(injected: list[Fault]) -> dict[str, int]:
     return {k: sum(map(is_kind, injected)) for k, is_kind in KIND_OF.items()}
 
 
-def _prepared_model(results: Path, smollm_dir: Path) -> Path:
-    """The test model stands in for the prepare_model job, as in test_workflow's tiny run."""
-    plan = make_plan(compose())
-    weights = results / "models" / plan.model_key / "weights"
-    weights.parent.mkdir(parents=True)
-    weights.symlink_to(smollm_dir.resolve(), target_is_directory=True)
-    bench = results / "benchmarks" / "prepare_model" / f"{plan.model_key}.tsv"
-    bench.parent.mkdir(parents=True)
-    bench.write_text("s\th:m:s\n")
-    return weights
-
-
 def _judge_job(results: Path, weights: Path, judge_cfg: dict, gens: Path, tag: str) -> str:
     """The judge job through its entry point (`python -m axflow.stages`, as STAGE_CMD runs it)."""
     spec = {
@@ -199,7 +186,7 @@ def endpoint_run(results: Path, smollm_dir: Path) -> EndpointRun:
     started = time.time()
     os.environ[KEY_ENV] = key
     try:
-        weights = _prepared_model(results, smollm_dir)
+        weights = stand_in_model(results, smollm_dir, DATA)
         endpoint = [f"base_url={server.base_url}", f"api_key_env={KEY_ENV}", *ENDPOINT]
         overrides = [
             *DATA,

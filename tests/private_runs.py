@@ -25,6 +25,8 @@ import polars as pl
 from polars.testing import assert_frame_equal
 from safetensors import safe_open
 
+from dag import stand_in_model
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
@@ -92,14 +94,9 @@ def run_args(results: Path, name: str, cache_dir: Path | None = None) -> list[st
     return [*SMALLEST, f"name={name}", f"results_dir={results}", f"cache_dir={cache}"]
 
 
-def stage_model(results: Path, model_dir: Path, model_key: str) -> None:
-    """The prepared model as this results folder's prepare_model output (as tests/test_workflow)."""
-    weights = results / "models" / model_key / "weights"
-    weights.parent.mkdir(parents=True, exist_ok=True)
-    weights.symlink_to(model_dir.resolve(), target_is_directory=True)
-    bench = results / "benchmarks" / "prepare_model" / f"{model_key}.tsv"
-    bench.parent.mkdir(parents=True, exist_ok=True)
-    bench.write_text("s\th:m:s\n")
+def stage_model(results: Path, model_dir: Path) -> None:
+    """The prepared model as this results folder's prepare_model output, at SMALLEST's key."""
+    stand_in_model(results, model_dir, SMALLEST)
 
 
 def run_command(overrides: list[str]) -> list[str]:

@@ -12,8 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from axflow.config import compose
-from axflow.plan import make_plan
 from private_runs import (
     REL_TOL,
     cache_differences,
@@ -33,13 +31,12 @@ def test_concurrent_runs_share_a_cache_without_losing_or_doubling_rows(
     tmp_path: Path, smollm_dir: Path
 ) -> None:
     workdir = private_workdir(tmp_path / "repo")
-    key = make_plan(compose()).model_key
     shared, sequential = tmp_path / "shared_cache", tmp_path / "sequential_cache"
     names = ("first", "second")
     together = {n: tmp_path / f"together_{n}" for n in names}
     apart = {n: tmp_path / f"apart_{n}" for n in names}
     for results in [*together.values(), *apart.values()]:
-        stage_model(results, smollm_dir, key)
+        stage_model(results, smollm_dir)
 
     logs = {n: tmp_path / f"{n}.log" for n in names}
     procs = {n: start(workdir, run_args(together[n], n, shared), logs[n]) for n in names}

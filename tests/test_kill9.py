@@ -19,8 +19,6 @@ import pytest
 
 import private_runs
 from axflow.cli import run_resuming
-from axflow.config import compose
-from axflow.plan import make_plan
 from axflow.resume import _runs_snakemake, live_snakemake
 
 SNAKEFILE = """
@@ -207,10 +205,9 @@ def test_killed_dag_resumes_to_the_clean_result(tmp_path: Path, smollm_dir: Path
     cache."""
     pr = private_runs
     workdir = pr.private_workdir(tmp_path / "repo")
-    key = make_plan(compose()).model_key
     clean, killed, log = tmp_path / "clean", tmp_path / "killed", tmp_path / "run.log"
     for results in (clean, killed):
-        pr.stage_model(results, smollm_dir, key)
+        pr.stage_model(results, smollm_dir)
     assert pr.run(workdir, pr.run_args(clean, "kill9"), log) == 0, log.read_text()[-3000:]
     for stage in ("extract_activations", "steer"):
         run = pr.start(workdir, pr.run_args(killed, "kill9"), log)

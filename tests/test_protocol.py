@@ -44,6 +44,7 @@ def test_axbench_protocol_sets_axbench_values_in_every_default_method():
     assert ours["report"]["winrate_baseline"] == "prompt"
     assert theirs["report"]["winrate_baseline"] == "sae"
     assert theirs["extraction"]["positions"] == "all"
+    assert (ours["training"]["negatives"], theirs["training"]["negatives"]) == ("all", "genre")
     assert (ours["protocol"]["name"], theirs["protocol"]["name"]) == ("axflow", "axbench")
 
 
@@ -66,6 +67,20 @@ def test_protocol_applies_after_other_overrides():
         compose(["protocol=axbench", "+protocol.methods.prbe.bias=true"])
     with pytest.raises(ConfigError, match=r"method\.probe"):
         compose(["protocol=axbench", "+protocol.methods.probe.no_such_key=1"])
+
+
+def test_a_concept_trains_against_every_genres_negatives_or_its_own_genres():
+    from axflow.protocol.training import concept_rows
+
+    ids = np.array([0, 0, 1, -1, -1, -1, 0])
+    cats = np.array(["positive"] * 3 + ["negative"] * 3 + ["hard negative"])
+    genres = np.array(["text", "text", "code", "text", "code", "math", "text"])
+    rows, positive = concept_rows(ids, cats, genres, 0, "text", "all")
+    assert rows.tolist() == [0, 1, 3, 4, 5] and positive.tolist() == [1, 1, 0, 0, 0]
+    rows, positive = concept_rows(ids, cats, genres, 0, "text", "genre")
+    assert rows.tolist() == [0, 1, 3] and positive.tolist() == [1, 1, 0]
+    with pytest.raises(ValueError, match="training.negatives='some'"):
+        concept_rows(ids, cats, genres, 0, "text", "some")
 
 
 # -- probe without bias, from position 1 ---------------------------------------------------------

@@ -19,7 +19,7 @@ import pytest
 
 from axflow.config import REPO_ROOT, compose
 from axflow.plan import make_plan
-from dag import planned_jobs, snakemake
+from dag import planned_jobs, snakemake, stand_in_model
 
 pytestmark = pytest.mark.slow
 
@@ -61,13 +61,7 @@ def slurm_cluster() -> None:
 def run_args(results: Path, smollm_dir: Path) -> list[str]:
     """Overrides writing to `results`, with the session's prepared model standing in for the
     prepare_model job (the same code, run once per machine), as in test_workflow."""
-    plan = make_plan(compose(OVERRIDES))
-    weights = results / "models" / plan.model_key / "weights"
-    weights.parent.mkdir(parents=True)
-    weights.symlink_to(smollm_dir.resolve(), target_is_directory=True)
-    bench = results / "benchmarks/prepare_model" / f"{plan.model_key}.tsv"
-    bench.parent.mkdir(parents=True)
-    bench.write_text("s\th:m:s\n")
+    stand_in_model(results, smollm_dir, OVERRIDES)
     return [*OVERRIDES, f"results_dir={results}", f"cache_dir={results}/cache"]
 
 

@@ -94,8 +94,9 @@ class Concept10Acts:
             f"tokens, layers {sorted(self.train.acts)}, {self.seconds:.1f}s)"
         )
 
-    def train_batch(self, concept_id: int, layer: int) -> TokenBatch:
-        """The concept's 72 positives plus the 72 shared negatives of its genre."""
+    def train_batch(self, concept_id: int, layer: int, negatives: str = "genre") -> TokenBatch:
+        """The concept's 72 positives plus the 72 shared negatives of its genre (AxBench's
+        training set, which the golden floors use), or all 216 (`negatives="all"`)."""
         all_rows = self.train.rows
         picked, positive = concept_rows(
             all_rows["concept_id"].to_numpy(),
@@ -103,6 +104,7 @@ class Concept10Acts:
             all_rows["concept_genre"].to_numpy(),
             concept_id,
             self.genres[concept_id],
+            negatives,
         )
         rows = all_rows[picked]
         idx = self.train.tokens_of(rows["row"].to_numpy())
@@ -134,14 +136,17 @@ class Concept10Acts:
         idx = self.eval.tokens_of(rows["row"].to_numpy())
         return self.eval.acts[layer][idx], self.eval.example[idx], rows
 
-    def held_out_aurocs(self, method, layer: int, seed: int = 42) -> dict[int, float]:
+    def held_out_aurocs(
+        self, method, layer: int, seed: int = 42, negatives: str = "genre"
+    ) -> dict[int, float]:
         """Per concept: fit on its train batch, ROC AUC of max-pooled scores on its eval rows
         (hard negatives left out), the benchmark's detection protocol."""
         from axflow.protocol.detection import concept_metrics, pooled_scores
 
         aurocs = {}
         for concept_id, concept in sorted(self.concepts.items()):
-            params = method.fit(self.train_batch(concept_id, layer), concept=concept, seed=seed)
+            batch = self.train_batch(concept_id, layer, negatives)
+            params = method.fit(batch, concept=concept, seed=seed)
             token_acts, example, rows = self.eval_tokens(concept_id, layer)
             by_id = dict(zip(rows["row"].to_list(), self.eval_examples(concept_id), strict=True))
             _, maxima, _, _ = pooled_scores(method, params, token_acts, example, by_id, concept)

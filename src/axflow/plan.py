@@ -194,6 +194,7 @@ def make_plan(cfg: dict[str, Any]) -> Plan:
                 **source,
                 "method": mcfg,
                 "method_name": name,
+                "training": cfg["training"],
                 "seed": cfg["seed"],
                 "code": stage_code("train", cls),
             }

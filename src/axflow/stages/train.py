@@ -101,6 +101,7 @@ def train_stage(spec: dict[str, Any]) -> None:
             meta["concept_genre"].to_numpy(),
             cid,
             c["genre"],
+            s["training"]["negatives"],
         )
         t0 = time.time()
         try:
