@@ -8,6 +8,7 @@ rule extract_activations:
     # Deterministic and the costliest input to everything else: with `--cache` and
     # SNAKEMAKE_OUTPUT_CACHE set, other workflows (other clones, other users) reuse the result.
     cache: "omit-software"
+    priority: PRIORITY["extract_activations"]
     conda:
         "../workflow/envs/axflow.yaml"
     threads: workflow.cores

@@ -39,10 +39,12 @@ LAYOUT = Layout(RES)
 # started only when the other methods' chains were nearly done and its own chain ran alone at
 # the end.
 METHOD_JOB_THREADS = max(1, workflow.cores // 2)
-# When a slot frees, start what unlocks the most work first: a method's train job (its chain
-# waits on it), then its steer job (the longest of each chain, and the judge waits on it), then
-# the judge; detection jobs are short and fill the gaps.
-PRIORITY = {"train": 4, "steer": 3, "judge": 2, "detect": 1}
+# When a slot frees, start what unlocks the most work first: extraction (every activation method
+# waits on it), a method's train job (its chain waits on it), then its steer job (the longest of
+# each chain, and the judge waits on it), then the judge; detection jobs are short and fill the
+# gaps. Snakemake maximises the sum of the priorities it starts, and extraction asks for every
+# core, so it outranks any two half-core jobs: otherwise it waits until both slots are free.
+PRIORITY = {"extract_activations": 9, "train": 4, "steer": 3, "judge": 2, "detect": 1}
 STAGE_CMD = (
     "python -m axflow.stages {params.spec:q} --threads {threads}"
     " --input {input:q} --output {output:q} > {log:q} 2>&1"
