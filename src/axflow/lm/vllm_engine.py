@@ -216,7 +216,7 @@ class VLLMEngine:
             # once a call's prompts exceed one step's tokens: prefill every prompt whole.
             args.setdefault("enable_chunked_prefill", False)
             args.setdefault("max_num_batched_tokens", max(4096, self.max_model_len))
-            if args["enable_prefix_caching"]:
+            if args.get("enable_prefix_caching"):
                 # Only whole blocks are cached; the CPU default (128) is longer than most prompts
                 # here, and CPU attention takes multiples of 32.
                 args.setdefault("block_size", 32)
