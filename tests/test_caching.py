@@ -217,6 +217,12 @@ def test_new_method_reruns_nothing_upstream_of_training(base):
     assert jobs == {"train": 3, "detect": 3, "steer": 3, "judge": 3, "report": 1, "all": 1}
 
 
+def test_training_negatives_rerun_only_the_methods_that_read_negatives(base):
+    jobs = planned_jobs([*base, "training.negatives=genre"])
+    # diffmean and bow x 3 shards; prompt reads no negatives, bow does not steer
+    assert jobs == {"train": 6, "detect": 6, "steer": 3, "judge": 3, "report": 1, "all": 1}
+
+
 def test_judge_change_reruns_only_judge_and_report(base):
     jobs = planned_jobs([*base, "judge.perplexity_thresholds=[30.0,90.0]"])
     assert jobs == {"judge": 6, "report": 1, "all": 1}  # 2 steering methods x 3 shards

@@ -194,10 +194,11 @@ def make_plan(cfg: dict[str, Any]) -> Plan:
                 **source,
                 "method": mcfg,
                 "method_name": name,
-                "training": cfg["training"],
                 "seed": cfg["seed"],
                 "code": stage_code("train", cls),
             }
+            if cls.trains_on_negatives:  # which negatives: only what reads them reruns
+                train_slice["training"] = cfg["training"]
             mplan.train_keys.append(plan.add("train", train_slice))
             if cls.detects:
                 mplan.detect_keys.append(plan.add("detect", detect_slice(train_slice)))

@@ -17,6 +17,9 @@ call only what `Method` declares:
   configured layer (`TokenBatch.acts`, `token_scores`); False: the method works on the examples'
   text and the model alone (prompt, BoW, LoReFT, LoRA, SFT), never on `runtime.layer`, so its
   train job needs neither that layer nor its activations.
+- `trains_on_negatives`: `fit` reads the concept's negative examples; False (prompt, random,
+  SSV, LoReFT, LoRA, SFT: positives or nothing): which negatives train a concept
+  (`training.negatives`) is left out of its train key, so changing it reruns none of its jobs.
 
 A method that trains through the language model reads it from `self.runtime.lm`, loaded on
 first use, so a method that never touches it never loads it. Every method config may also set
@@ -123,6 +126,7 @@ class Method:
     steering: ClassVar[str | None] = "add"  # "add" | "prompt" | "model" | None
     factor_free: ClassVar[bool] = False
     reads_activations: ClassVar[bool] = True
+    trains_on_negatives: ClassVar[bool] = True
 
     def __init__(self, cfg: dict[str, Any], runtime: Runtime | None = None):
         """`cfg` is a `method.<name>` slice; keys it leaves out come from the kind's YAML."""

@@ -29,6 +29,7 @@ class FinetunedModel(Method):
     steering = "model"
     factor_free = True
     reads_activations = False
+    trains_on_negatives = False  # positives only (encoded_positives)
 
     loss_history: list[float]  # mean LM loss of every optimiser step of the last `fit`
 

@@ -55,6 +55,7 @@ class Prompt(Method):
     steering = "prompt"
     factor_free = True
     reads_activations = False
+    trains_on_negatives = False
 
     def fit(self, data: TokenBatch, *, concept: str, seed: int) -> dict[str, np.ndarray]:
         return {}

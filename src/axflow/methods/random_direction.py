@@ -23,6 +23,7 @@ class RandomConfig:
 @register("random")
 class RandomDirection(Method):
     Config = RandomConfig
+    trains_on_negatives = False  # drawn from the seed and the concept alone
 
     def fit(self, data: TokenBatch, *, concept: str, seed: int) -> dict[str, np.ndarray]:
         digest = hashlib.sha256(f"{seed}\x00{concept}".encode()).digest()

@@ -40,6 +40,7 @@ class SSVConfig(TrainConfig):
 @register("ssv")
 class SSV(Method):
     Config = SSVConfig
+    trains_on_negatives = False  # LM loss on the positives only
 
     # Per-step LM loss (response cross-entropy, before each update) of the last `fit`.
     loss_history: list[float]

@@ -87,6 +87,9 @@ def train_stage(spec: dict[str, Any]) -> None:
     log.info("setup in %.1fs", time.time() - t0)
 
     limit = s["method"].get("max_concepts")
+    # A method that reads no negatives has no `training` in its slice (axflow.plan): its fit
+    # ignores them, so the genre's few are handed over.
+    negatives = s["training"]["negatives"] if "training" in s else "genre"
     stacked: dict[str, list[np.ndarray]] = {}
     trained, unmatched, seconds, out_of_scope = [], {}, {}, []
     for n, c in enumerate(concepts):
@@ -101,7 +104,7 @@ def train_stage(spec: dict[str, Any]) -> None:
             meta["concept_genre"].to_numpy(),
             cid,
             c["genre"],
-            s["training"]["negatives"],
+            negatives,
         )
         t0 = time.time()
         try:
