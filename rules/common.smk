@@ -34,10 +34,9 @@ RES = CFG["results_dir"]
 LAYOUT = Layout(RES)
 # Per-method jobs (train, detect, steer, judge) take half the cores, so two run side by side:
 # their start-up (imports, model loads, engine init) is single-threaded and a small model's
-# batches use a second thread poorly. The one-per-run jobs (dataset, extraction) keep every core.
-# A job asking every core waits until both slots are free, so a short train job needing them
-# started only when the other methods' chains were nearly done and its own chain ran alone at
-# the end.
+# batches use a second thread poorly. The one-per-run jobs (dataset, extraction) keep every core;
+# a job asking every core waits until both slots are free (a train job that did so started only
+# when the other chains were nearly done).
 METHOD_JOB_THREADS = max(1, workflow.cores // 2)
 # When a slot frees, start what unlocks the most work first: extraction (every activation method
 # waits on it), a method's train job (its chain waits on it), then its steer job (the longest of

@@ -314,7 +314,8 @@ class VLLMEngine:
         if self.llm is None:
             need = max(map(len, encoded), default=0) + max_new_tokens
             self.start(-(-need // 256) * 256)
-        steered = any(r != 0 and f != 0 for r, f in zip(rows, factors, strict=True))
+        steers = [r != 0 and f != 0 for r, f in zip(rows, factors, strict=True)]
+        steered = any(steers)
         if steered:
             if layer is None or table is None:
                 raise ValueError("steered requests need a layer and a table")
@@ -326,7 +327,7 @@ class VLLMEngine:
             if max(rows) >= table.shape[0] or min(rows) < 0:
                 raise ValueError(f"rows must lie in 0..{table.shape[0] - 1}")
             self.install(table, layer)
-        salt = self._installed[0][:16] if steered and self._installed else ""
+            salt = self._installed[0][:16]  # the installed table's digest
         too_long = [
             k for k, ids in enumerate(encoded) if len(ids) + max_new_tokens > self.max_model_len
         ]
@@ -348,16 +349,16 @@ class VLLMEngine:
                 skip_special_tokens=True,
                 detokenize=False,  # decoded below exactly as the HF engine decodes
                 extra_args={"steer_row": int(row), "steer_factor": float(factor)}
-                if row != 0 and factor != 0
+                if steer
                 else None,
             )
-            for seed, row, factor in zip(seeds, rows, factors, strict=True)
+            for seed, row, factor, steer in zip(seeds, rows, factors, steers, strict=True)
         ]
         inputs = [
             TokensPrompt(prompt_token_ids=ids, cache_salt=f"{salt}:{layer}:{row}:{factor}")
-            if row != 0 and factor != 0
+            if steer
             else TokensPrompt(prompt_token_ids=ids)
-            for ids, row, factor in zip(encoded, rows, factors, strict=True)
+            for ids, row, factor, steer in zip(encoded, rows, factors, steers, strict=True)
         ]
         outs = self.llm.generate(
             inputs,
