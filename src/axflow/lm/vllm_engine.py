@@ -22,10 +22,9 @@ compiles the model with the op attached to block L at load time and fills the bu
 each step (torch.compile, and CUDA graphs on a GPU); that engine steers layer L only. Both need
 the V1 model runner (`VLLM_USE_V2_MODEL_RUNNER=0`).
 
-Prefix caching is off unless asked for (`prefix_caching=True`, the synthesis writer, which resends
-each rejected prompt and shares the chat template's system turn): a cached unsteered prefix would
-skip steering of those positions, so every steered request carries a cache salt naming its table,
-layer, row and factor (VLLM-NOTES §5), and only identically steered requests share a prefix.
+Prefix caching is off unless asked for (`prefix_caching=True`: the synthesis writer). A cached
+unsteered prefix would skip steering of those positions, so a steered request carries a cache salt
+of its table, layer, row and factor (VLLM-NOTES §5): only identical steering shares a prefix.
 """
 
 from __future__ import annotations
